@@ -1,0 +1,262 @@
+"""Experiment defaults, the typed model config, validation and the KV-cache size formula.
+
+An experiment is an `ml_collections.ConfigDict` that starts from `base_config()`: every field and
+its default is defined there, once. The model never reads that dict. It receives a frozen
+`ModelConfig`, built and validated by `model_config_from()` before any array is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
+DTYPES = ("float32", "bfloat16")
+MLA_DECODE_MODES = ("absorbed", "naive")
+# The vocabulary dimension is padded to a multiple of this so that it shards on any mesh.
+VOCAB_PAD_MULTIPLE = 128
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+class ConfigError(ValueError):
+    """An invalid config field or field combination, raised before any training starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of one transformer; fields are documented in `base_config()`."""
+
+    vocab_size: int
+    attention: str
+    num_layers: int
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    max_seq_len: int
+    tie_embeddings: bool
+    rope_theta: float
+    norm_eps: float
+    dtype: str
+    cache_dtype: str
+    mla_decode: str
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Return the experiment config with every field at its default."""
+    c = ml_collections.ConfigDict()
+    # Run.
+    c.seed = 0  # Seeds parameter init and data order.
+    c.num_train_steps = 1000
+    c.batch_size = 32  # Global batch, in sequences.
+    c.seq_len = 256  # Training and evaluation window, in tokens.
+    # Optimizer: AdamW, linear warmup then cosine decay to min_lr_ratio * learning_rate.
+    c.learning_rate = 3e-3
+    c.warmup_steps = 50
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.1  # Not applied to norms and biases.
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.95
+    c.adam_eps = 1e-8
+    c.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables it.
+    # Logging, evaluation, checkpoints (intervals in steps).
+    c.log_every = 10
+    c.eval_every = 200  # Validation perplexity during training; 0 disables it.
+    c.eval_batch_size = 16  # Windows per eval batch; results do not depend on it.
+    # Validation windows scored during training (the first ones of the split); None: all.
+    c.train_eval_max_windows = config_dict.placeholder(int)
+    c.checkpoint_every = 200
+    c.checkpoints_to_keep = 3
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "shakespeare"  # shakespeare (embedded), text (local globs) or hub.
+    c.data.tokenizer = "byte"  # byte, or the path of a Hugging Face tokenizer.json.
+    c.data.bos_token = config_dict.placeholder(str)  # Only with a tokenizer.json.
+    c.data.eos_token = config_dict.placeholder(str)  # Only with a tokenizer.json.
+    # source=text: comma-separated globs; each matched file is one document.
+    c.data.train_files = config_dict.placeholder(str)
+    c.data.validation_files = config_dict.placeholder(str)
+    c.data.test_files = config_dict.placeholder(str)
+    # source=hub: datasets.load_dataset(hub_name, hub_config, data_files=hub_data_files).
+    c.data.hub_name = config_dict.placeholder(str)
+    c.data.hub_config = config_dict.placeholder(str)
+    c.data.hub_data_files = config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.validation_split = "validation"
+    c.data.test_split = "test"
+    c.data.text_field = "text"
+    c.data.cache_dir = config_dict.placeholder(str)  # datasets cache folder; None: its default.
+
+    c.model = ml_collections.ConfigDict()
+    m = c.model
+    m.attention = "mla"  # mha, gqa, mqa or mla.
+    # Real vocabulary size; None: taken from the tokenizer (258 for bytes).
+    m.vocab_size = config_dict.placeholder(int)
+    m.num_layers = 4
+    m.d_model = 256
+    m.num_heads = 4
+    # KV heads of mha/gqa/mqa; None lets mha (num_heads) and mqa (1) set it. Required for gqa.
+    m.num_kv_heads = config_dict.placeholder(int)
+    m.head_dim = 64  # Per-head dim of mha/gqa/mqa; must be even for RoPE.
+    m.mlp_dim = 704  # SwiGLU hidden width.
+    # MLA (DeepSeek-V2 names). q_lora_rank None: queries come straight from the hidden state.
+    m.q_lora_rank = config_dict.placeholder(int)
+    m.kv_lora_rank = 128  # Width of the cached KV latent.
+    m.qk_nope_head_dim = 64  # Per-head key/query dims without RoPE, up-projected from the latent.
+    m.qk_rope_head_dim = 32  # Decoupled RoPE key dims, shared by all heads; must be even.
+    m.v_head_dim = 64
+    m.max_seq_len = 1024  # Longest sequence the model accepts (RoPE table and KV cache).
+    m.tie_embeddings = True  # Output projection reuses the token embedding.
+    m.rope_theta = 10000.0
+    m.norm_eps = 1e-6
+    m.dtype = "float32"  # Compute dtype; parameters, log-softmax and loss stay float32.
+    m.cache_dtype = "float32"  # KV-cache dtype at decode time.
+    m.mla_decode = "absorbed"  # MLA decode: absorbed (attend over the latent) or naive.
+    return c
+
+
+def model_config_from(model_fields: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """Build and validate a ModelConfig from `config.model`.
+
+    `vocab_size` is the tokenizer's; an explicit `config.model.vocab_size` overrides it and must
+    be at least as large.
+    """
+    fields = dict(model_fields.to_dict())
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"Unknown config.model fields {unknown}; valid fields: {sorted(known)}.")
+    explicit_vocab = fields.pop("vocab_size")
+    if explicit_vocab is not None and explicit_vocab < vocab_size:
+        raise ConfigError(
+            f"config.model.vocab_size={explicit_vocab} is smaller than the tokenizer's vocabulary "
+            f"({vocab_size}); raise it or leave it unset."
+        )
+    fields["vocab_size"] = explicit_vocab if explicit_vocab is not None else vocab_size
+    fields["num_kv_heads"] = _resolve_num_kv_heads(fields)
+    return ModelConfig(**fields)
+
+
+def _resolve_num_kv_heads(fields: dict) -> int:
+    kind, heads, kv_heads = fields["attention"], fields["num_heads"], fields["num_kv_heads"]
+    implied = {"mha": heads, "mqa": 1}
+    if kind in implied:
+        if kv_heads is not None and kv_heads != implied[kind]:
+            raise ConfigError(
+                f"config.model.num_kv_heads={kv_heads} contradicts attention={kind!r}, which uses "
+                f"{implied[kind]}; unset num_kv_heads or use attention='gqa'."
+            )
+        return implied[kind]
+    if kind == "gqa" and kv_heads is None:
+        raise ConfigError("attention='gqa' needs config.model.num_kv_heads (a divisor of num_heads).")
+    # MLA has no KV heads; record num_heads so the field is never None.
+    return heads if kv_heads is None else kv_heads
+
+
+def _validate(cfg: ModelConfig) -> None:
+    if cfg.attention not in ATTENTION_KINDS:
+        raise ConfigError(
+            f"Unknown config.model.attention={cfg.attention!r}; choose one of {ATTENTION_KINDS}."
+        )
+    positive = ["vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "max_seq_len"]
+    even = []
+    if cfg.attention == "mla":
+        positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"]
+        even += ["qk_rope_head_dim"]
+        if cfg.q_lora_rank is not None:
+            positive.append("q_lora_rank")
+    else:
+        positive += ["num_kv_heads", "head_dim"]
+        even += ["head_dim"]
+    for name in positive:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"config.model.{name}={value!r} must be a positive integer.")
+    for name in even:
+        if getattr(cfg, name) % 2:
+            raise ConfigError(
+                f"config.model.{name}={getattr(cfg, name)} must be even: RoPE rotates pairs of dims."
+            )
+    if cfg.attention != "mla" and cfg.num_heads % cfg.num_kv_heads:
+        raise ConfigError(
+            f"config.model.num_heads={cfg.num_heads} is not divisible by "
+            f"num_kv_heads={cfg.num_kv_heads}; pick num_kv_heads among the divisors of num_heads."
+        )
+    _validate_choices(cfg)
+
+
+def _validate_choices(cfg: ModelConfig) -> None:
+    for name, choices in (("dtype", DTYPES), ("cache_dtype", DTYPES), ("mla_decode", MLA_DECODE_MODES)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(
+                f"config.model.{name}={getattr(cfg, name)!r} is not supported; choose one of {choices}."
+            )
+    if not cfg.rope_theta > 0:
+        raise ConfigError(f"config.model.rope_theta={cfg.rope_theta} must be positive.")
+    if not cfg.norm_eps > 0:
+        raise ConfigError(f"config.model.norm_eps={cfg.norm_eps} must be positive.")
+
+
+def kv_cache_elements_per_token_per_layer(cfg: ModelConfig) -> int:
+    """Cached elements per token in one layer.
+
+    MHA/GQA/MQA cache a key and a value per KV head (2 * K * H); MLA caches the normalized KV
+    latent and the shared RoPE key (C + R).
+    """
+    if cfg.attention == "mla":
+        return cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    return 2 * cfg.num_kv_heads * cfg.head_dim
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, cache_dtype: str | None = None) -> int:
+    """KV-cache bytes per token for the whole model, at `cache_dtype` (default: the config's)."""
+    dtype = cache_dtype or cfg.cache_dtype
+    if dtype not in _DTYPE_BYTES:
+        raise ConfigError(f"cache dtype {dtype!r} is not supported; choose one of {DTYPES}.")
+    return kv_cache_elements_per_token_per_layer(cfg) * cfg.num_layers * _DTYPE_BYTES[dtype]
+
+
+def validate_experiment(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
+    """Check the run-level fields of an experiment config against each other and the model."""
+    for name in ("num_train_steps", "batch_size", "seq_len", "eval_batch_size", "log_every"):
+        value = config[name]
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"config.{name}={value!r} must be a positive integer.")
+    for name in ("eval_every", "checkpoint_every", "warmup_steps"):
+        if config[name] < 0:
+            raise ConfigError(f"config.{name}={config[name]} must be >= 0 (0 disables it).")
+    if config.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"config.seq_len={config.seq_len} exceeds config.model.max_seq_len="
+            f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len."
+        )
+    if not config.learning_rate > 0:
+        raise ConfigError(f"config.learning_rate={config.learning_rate} must be positive.")
+    if not 0 <= config.min_lr_ratio <= 1:
+        raise ConfigError(f"config.min_lr_ratio={config.min_lr_ratio} must lie in [0, 1].")
+    if config.warmup_steps > config.num_train_steps:
+        raise ConfigError(
+            f"config.warmup_steps={config.warmup_steps} is longer than the run "
+            f"(num_train_steps={config.num_train_steps}); shorten the warmup."
+        )
+    if config.checkpoints_to_keep < 1:
+        raise ConfigError(f"config.checkpoints_to_keep={config.checkpoints_to_keep} must be >= 1.")

@@ -1,0 +1,116 @@
+"""Perplexity of a trained model on a split, the unigram baseline, and `eval.json`.
+
+Perplexity is exp(sum of token losses / number of scored tokens) over the split's evaluation
+windows (`mla_jax.data.eval_windows`): every token after the stream's first is scored once, and
+padding never counts. Per-token losses come back to the host and are summed in float64, so the
+figure does not depend on the eval batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mla_jax import data
+from mla_jax.config import kv_cache_bytes_per_token, kv_cache_elements_per_token_per_layer
+from mla_jax.losses import token_losses
+from mla_jax.model import count_params
+
+
+def make_loss_fn(graphdef: nnx.GraphDef):
+    """Return a jitted fn(params, inputs [B, T], targets [B, T]) -> float32 token losses [B, T]."""
+
+    @jax.jit
+    def losses(params, inputs, targets):
+        return token_losses(nnx.merge(graphdef, params)(inputs), targets)
+
+    return losses
+
+
+def score_windows(loss_fn, params, windows: dict, batch_size: int,
+                  max_windows: int | None = None) -> dict:
+    """Sum the weighted token losses of `windows` (optionally only the first `max_windows`)."""
+    if max_windows is not None:
+        windows = {k: v[:max_windows] for k, v in windows.items()}
+    total, count = 0.0, 0.0
+    for batch in data.eval_batches(windows, batch_size):
+        losses = np.asarray(loss_fn(params, jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])))
+        total += float(np.sum(losses.astype(np.float64) * batch["weights"]))
+        count += float(np.sum(batch["weights"]))
+    return summarize(total, count)
+
+
+def summarize(total_loss: float, num_tokens: float) -> dict:
+    if num_tokens <= 0:
+        raise ValueError("No tokens to score: the evaluation split is empty.")
+    loss = total_loss / num_tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "num_tokens": int(num_tokens)}
+
+
+def unigram_log_probs(train_stream: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Add-one smoothed unigram log-probabilities [V] from the train split's targets."""
+    counts = data.unigram_counts(train_stream[1:], vocab_size).astype(np.float64)
+    return np.log((counts + 1.0) / (counts.sum() + vocab_size))
+
+
+def unigram_perplexity(log_probs: np.ndarray, stream: np.ndarray) -> float:
+    """Perplexity of the unigram model on the same targets the model is scored on."""
+    return math.exp(-float(np.mean(log_probs[stream[1:]])))
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Score the workdir's latest checkpoint on the validation and test splits; write eval.json."""
+    # Imported here: training imports this module for periodic validation.
+    from mla_jax.training.checkpoints import load_model
+
+    model, step = load_model(config, workdir)
+    model_cfg = model.cfg
+    graphdef, params = nnx.split(model)
+    loss_fn = make_loss_fn(graphdef)
+    tokenizer = data.make_tokenizer(config.data)
+    streams = {s: data.load_token_stream(config.data, s, tokenizer) for s in data.SPLITS}
+    unigram = unigram_log_probs(streams["train"], model_cfg.vocab_size)
+    result = {
+        "attention": model_cfg.attention,
+        "step": step,
+        "num_params": count_params(model),
+        "kv_cache_elements_per_token_per_layer": kv_cache_elements_per_token_per_layer(model_cfg),
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(model_cfg),
+        "kv_cache_dtype": model_cfg.cache_dtype,
+    }
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        windows = data.eval_windows(streams[split], config.seq_len)
+        scores = score_windows(loss_fn, params, windows, config.eval_batch_size)
+        result[f"{prefix}_loss"] = scores["loss"]
+        result[f"{prefix}_perplexity"] = scores["perplexity"]
+        result[f"{prefix}_unigram_perplexity"] = unigram_perplexity(unigram, streams[split])
+        if split == "validation":
+            result["num_eval_tokens"] = scores["num_tokens"]
+        else:
+            result["num_test_tokens"] = scores["num_tokens"]
+    write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    return result

@@ -1,0 +1,95 @@
+"""Building blocks shared by every attention kind: parameters, RMSNorm, RoPE, SwiGLU, embedding.
+
+Parameters are float32 and carry logical axis names in the `logical_axes` metadata field, which
+`mla_jax.sharding` maps to mesh axes; model code never names a mesh axis. Initialization follows
+GPT-2: normal(0.02) everywhere, with projections back into the residual stream scaled down by
+1/sqrt(2 * num_layers) so that the residual variance does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+INIT_STD = 0.02
+
+
+def make_param(
+    rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str], std: float = INIT_STD
+) -> nnx.Param:
+    """Create a float32 normal(std) parameter annotated with one logical axis name per dim."""
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {tuple(shape)} and logical axes {tuple(axes)} differ in rank")
+    value = std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)
+    return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def ones_param(shape: Sequence[int], axes: Sequence[str]) -> nnx.Param:
+    return nnx.Param(jnp.ones(tuple(shape), jnp.float32), logical_axes=tuple(axes))
+
+
+def einsum(equation: str, x: jax.Array, w: jax.Array | nnx.Param, dtype: jnp.dtype) -> jax.Array:
+    """Einsum with both operands cast to the compute dtype."""
+    w = w[...] if isinstance(w, nnx.Variable) else w
+    return jnp.einsum(equation, x.astype(dtype), w.astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm over the last axis, computed in float32."""
+
+    def __init__(self, dim: int, eps: float, axis_name: str = "embed"):
+        self.scale = ones_param((dim,), (axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate x [B, T, ..., H] by the angles of positions [B, T].
+
+    Uses the half-split layout (dim i pairs with dim i + H/2), the convention of GPT-NeoX and
+    Llama; DeepSeek's checkpoints pair adjacent dims instead and need their weights permuted.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    # Broadcast over any head axes that sit between T and H.
+    angles = angles.reshape(angles.shape[:2] + (1,) * (x.ndim - 3) + (half,))
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """Gated MLP: down(silu(x @ gate) * (x @ up))."""
+
+    def __init__(self, d_model: int, mlp_dim: int, out_std: float, dtype, *, rngs: nnx.Rngs):
+        self.w_gate = make_param(rngs, (d_model, mlp_dim), ("embed", "mlp"))
+        self.w_up = make_param(rngs, (d_model, mlp_dim), ("embed", "mlp"))
+        self.w_down = make_param(rngs, (mlp_dim, d_model), ("mlp", "embed"), std=out_std)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = einsum("BTD,DF->BTF", x, self.w_gate, self.dtype)
+        up = einsum("BTD,DF->BTF", x, self.w_up, self.dtype)
+        return einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down, self.dtype)
+
+
+class Embedding(nnx.Module):
+    """Token embedding table [V, D]; `attend` gives the tied output projection."""
+
+    def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs):
+        self.table = make_param(rngs, (vocab_size, d_model), ("vocab", "embed"))
+
+    def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
+        return jnp.take(self.table[...], tokens, axis=0).astype(dtype)
+
+    def attend(self, x: jax.Array, dtype) -> jax.Array:
+        return einsum("BTD,VD->BTV", x, self.table, dtype)

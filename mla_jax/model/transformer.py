@@ -1,0 +1,71 @@
+"""The decoder-only transformer: embedding, pre-norm blocks, final norm, output projection.
+
+Blocks are a Python list, unrolled at trace time. The output covers the padded vocabulary
+(a multiple of 128, so it shards on any mesh); logits of the padding ids are set to a large
+negative value, so a softmax over them sees only the real vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mla_jax.config import ModelConfig
+from mla_jax.model.attention import make_attention
+from mla_jax.model.attention.base import MASK_VALUE
+from mla_jax.model.layers import Embedding, RMSNorm, SwiGLU, einsum, make_param
+
+
+class Block(nnx.Module):
+    """x + attention(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attention = make_attention(cfg, out_std, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, out_std, jnp.dtype(cfg.dtype), rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        x = x + self.attention(self.attention_norm(x), positions)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nnx.Module):
+    """Maps tokens [B, T] to float32 logits [B, T, V] over the padded vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embedding = Embedding(cfg.padded_vocab_size, cfg.d_model, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.w_out = make_param(rngs, (cfg.d_model, cfg.padded_vocab_size), ("embed", "vocab"))
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Full causal forward pass; positions default to 0..T-1 in every row."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embedding(tokens, jnp.dtype(self.cfg.dtype))
+        for block in self.blocks:
+            x = block(x, positions)
+        return self.output_logits(x)
+
+    def output_logits(self, x: jax.Array) -> jax.Array:
+        """Final norm and output projection; logits are float32, padding ids masked."""
+        x = self.final_norm(x)
+        dtype = jnp.dtype(self.cfg.dtype)
+        if self.cfg.tie_embeddings:
+            logits = self.embedding.attend(x, dtype)
+        else:
+            logits = einsum("BTD,DV->BTV", x, self.w_out, dtype)
+        is_real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
+        return jnp.where(is_real, logits.astype(jnp.float32), MASK_VALUE)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of parameter elements, padded vocabulary rows included."""
+    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, train state and step, loop, checkpoints, metric writers."""

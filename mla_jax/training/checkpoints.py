@@ -1,0 +1,80 @@
+"""Checkpoints with orbax: the train state plus the model config that produced it.
+
+Checkpoints live in `WORKDIR/checkpoints/<step>/`. Each holds the `TrainState` and, as JSON, the
+`ModelConfig`, so that restoring into a different model is rejected with the fields that differ
+instead of an opaque shape error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from mla_jax import data
+from mla_jax.config import ModelConfig, model_config_from
+from mla_jax.training.optimizer import make_optimizer
+from mla_jax.training.state import TrainState, abstract_train_state, model_graphdef
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or does not belong to the configured model."""
+
+
+def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, model_cfg: ModelConfig) -> None:
+    step = int(state.step)
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        model_config=ocp.args.JsonSave(dataclasses.asdict(model_cfg)),
+    )
+    manager.save(step, args=args, force=True)
+    logging.info("Saved checkpoint at step %d in %s", step, manager.directory)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, model_cfg: ModelConfig,
+            step: int | None = None) -> TrainState:
+    """Restore `step` (default: the latest) after checking that it was saved by this model."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"No checkpoint found in {manager.directory}.")
+    saved = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
+    _check_model_config(saved["model_config"], model_cfg, manager.directory, step)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
+    return restored["state"]
+
+
+def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: int) -> None:
+    # Fields that change no parameter shape and may differ between training and evaluation.
+    free = {"dtype", "cache_dtype", "mla_decode", "max_seq_len", "rope_theta", "norm_eps"}
+    current = dataclasses.asdict(model_cfg)
+    differ = {k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v}
+    if differ:
+        listing = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {directory} belongs to another model ({listing}). "
+            "Use the config it was trained with, or another --workdir."
+        )
+
+
+def load_model(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
+    """Return (model, step): the model of `config` with parameters from the workdir's checkpoint."""
+    model_cfg = model_config_from(config.model, data.vocab_size(config.data))
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(
+            f"No checkpoint directory {directory}; train first with train.py --workdir={workdir}."
+        )
+    manager = make_manager(workdir, config)
+    state = restore(manager, abstract_train_state(model_cfg, make_optimizer(config)), model_cfg, step)
+    manager.close()
+    return nnx.merge(model_graphdef(model_cfg), state.params), int(state.step)

@@ -1,0 +1,148 @@
+"""The training loop: data, state (fresh or restored), jitted steps, logging, eval, checkpoints.
+
+Metrics of step s are fetched from the device after step s + 1 is dispatched, so the host never
+waits for the device inside the loop. Running the same command again resumes from the latest
+checkpoint; the data order is a function of the step alone, so no batch is replayed or skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import tqdm
+from absl import logging
+
+from mla_jax import data, evaluation
+from mla_jax.config import ModelConfig, model_config_from, validate_experiment
+from mla_jax.training import checkpoints
+from mla_jax.training.metrics import MetricWriter
+from mla_jax.training.optimizer import make_optimizer, make_schedule
+from mla_jax.training.state import TrainState, abstract_train_state, create_train_state
+from mla_jax.training.state import make_train_step, model_graphdef
+
+
+class _Throughput:
+    """Tokens per second between two logged steps."""
+
+    def __init__(self, step: int, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.step, self.time = step, time.perf_counter()
+
+    def measure(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps, elapsed = max(step - self.step, 1), max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return {"tokens_per_second": steps * self.tokens_per_step / elapsed, "step_time_seconds": elapsed / steps}
+
+
+def prepare_workdir(workdir: str) -> str:
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory path.")
+    os.makedirs(workdir, exist_ok=True)
+    return workdir
+
+
+def _start_state(config, model_cfg: ModelConfig, tx, manager) -> TrainState:
+    if manager.latest_step() is None:
+        logging.info("Starting from scratch with seed %d.", config.seed)
+        return create_train_state(model_cfg, tx, config.seed)
+    return checkpoints.restore(manager, abstract_train_state(model_cfg, tx), model_cfg)
+
+
+def _write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    evaluation.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+
+
+def _log(writer: MetricWriter, step: int, metrics: dict, throughput: _Throughput, extra=None) -> None:
+    """Fetch the metrics of `step` (blocking until it is done) and write them with throughput.
+
+    `extra` scalars are added to the record; throughput figures in it replace the measured ones.
+    """
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    scalars.update(throughput.measure(step))
+    scalars.update(extra or {})
+    scalars["tokens_seen"] = step * throughput.tokens_per_step
+    writer.write(step, scalars)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Train the model of `config` in `workdir` up to `config.num_train_steps`."""
+    workdir = prepare_workdir(workdir)
+    tokenizer = data.make_tokenizer(config.data)
+    model_cfg = model_config_from(config.model, tokenizer.vocab_size)
+    validate_experiment(config, model_cfg)
+    batches = data.TrainBatches(
+        data.load_token_stream(config.data, "train", tokenizer), config.seq_len, config.batch_size, config.seed
+    )
+    val_windows = None
+    if config.eval_every:
+        val_stream = data.load_token_stream(config.data, "validation", tokenizer)
+        val_windows = data.eval_windows(val_stream, config.seq_len)
+
+    tx, schedule = make_optimizer(config), make_schedule(config)
+    manager = checkpoints.make_manager(workdir, config)
+    state = _start_state(config, model_cfg, tx, manager)
+    _write_run_config(workdir, config)
+    writer = MetricWriter(workdir)
+    try:
+        state = _run_steps(config, model_cfg, state, batches, val_windows, tx, schedule, manager, writer)
+    finally:
+        writer.close()
+        manager.wait_until_finished()
+        manager.close()
+    return state
+
+
+def _run_steps(config, model_cfg, state, batches, val_windows, tx, schedule, manager, writer):
+    graphdef = model_graphdef(model_cfg)
+    train_step = make_train_step(graphdef, tx, schedule)
+    eval_loss_fn = evaluation.make_loss_fn(graphdef) if val_windows is not None else None
+    total, first = config.num_train_steps, int(state.step)
+    throughput = _Throughput(first, config.batch_size * config.seq_len)
+    pending = None
+    progress = tqdm.tqdm(total=total, initial=first, desc="train", unit="step")
+    for step in range(first, total):
+        state, metrics = train_step(state, jax.tree.map(jnp.asarray, batches.batch_at(step)))
+        done = step + 1
+        if step == first:
+            # Wait once, so that compilation time stays out of the throughput figures.
+            jax.block_until_ready(metrics)
+            throughput.reset(done)
+        if pending is not None:
+            _log(writer, *pending, throughput)
+        pending = (done, metrics) if done % config.log_every == 0 or done == total else None
+        progress.update(1)
+        evaluate_now = eval_loss_fn is not None and done % config.eval_every == 0
+        save_now = config.checkpoint_every and done % config.checkpoint_every == 0
+        if evaluate_now or save_now:
+            # Both wait for the device anyway: this step's record is written now, with the
+            # validation scores, and its timing excludes the evaluation and the save.
+            extra = {}
+            if evaluate_now:
+                jax.block_until_ready(metrics)
+                measured = throughput.measure(done)
+                scores = evaluation.score_windows(
+                    eval_loss_fn, state.params, val_windows, config.eval_batch_size, config.train_eval_max_windows
+                )
+                extra = {"val_loss": scores["loss"], "val_perplexity": scores["perplexity"], **measured}
+            if evaluate_now or pending is not None:
+                _log(writer, done, metrics, throughput, extra)
+                pending = None
+            if save_now:
+                checkpoints.save(manager, state, model_cfg)
+            throughput.reset(done)
+    if pending is not None:
+        _log(writer, *pending, throughput)
+    progress.close()
+    if manager.latest_step() != int(state.step):
+        checkpoints.save(manager, state, model_cfg)
+    return state

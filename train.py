@@ -1,0 +1,32 @@
+"""Train a language model from a config file.
+
+  python train.py --config=configs/shakespeare.py:mla --workdir=runs/mla [--config.FIELD=VALUE ...]
+
+Running the same command again resumes from the latest checkpoint in WORKDIR/checkpoints.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mla_jax.training.loop import train
+from mla_jax.training.metrics import quiet_library_logs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, optionally with ':KIND' (mha, gqa, mqa or mla).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
+    logging.info("Config:\n%s", _CONFIG.value)
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
