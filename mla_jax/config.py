@@ -253,10 +253,10 @@ def validate_experiment(config: ml_collections.ConfigDict, model_cfg: ModelConfi
         raise ConfigError(f"config.learning_rate={config.learning_rate} must be positive.")
     if not 0 <= config.min_lr_ratio <= 1:
         raise ConfigError(f"config.min_lr_ratio={config.min_lr_ratio} must lie in [0, 1].")
-    if config.warmup_steps > config.num_train_steps:
+    if config.warmup_steps >= config.num_train_steps:
         raise ConfigError(
-            f"config.warmup_steps={config.warmup_steps} is longer than the run "
-            f"(num_train_steps={config.num_train_steps}); shorten the warmup."
+            f"config.warmup_steps={config.warmup_steps} leaves no step for the decay "
+            f"(num_train_steps={config.num_train_steps}); make the warmup shorter than the run."
         )
     if config.checkpoints_to_keep < 1:
         raise ConfigError(f"config.checkpoints_to_keep={config.checkpoints_to_keep} must be >= 1.")

@@ -24,7 +24,19 @@ from mla_jax.data.pipeline import TrainBatches, eval_batches, eval_windows, load
 from mla_jax.data.pipeline import token_stream, unigram_counts
 
 __all__ = [
-    'SOURCES', 'SPLITS', 'ByteTokenizer', 'HFTokenizer', 'Tokenizer', 'TrainBatches',
-    'check_utf8', 'eval_batches', 'eval_windows', 'load_documents', 'load_token_stream',
-    'make_tokenizer', 'token_stream', 'unigram_counts', 'vocab_size',
+    "SOURCES",
+    "SPLITS",
+    "ByteTokenizer",
+    "HFTokenizer",
+    "Tokenizer",
+    "TrainBatches",
+    "check_utf8",
+    "eval_batches",
+    "eval_windows",
+    "load_documents",
+    "load_token_stream",
+    "make_tokenizer",
+    "token_stream",
+    "unigram_counts",
+    "vocab_size",
 ]

@@ -1,0 +1,30 @@
+"""Shared test set-up: offline Hugging Face libraries, float32 matmuls, config loading."""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Exact float32 matmuls, so that tight tolerances hold on every backend.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_FILES = sorted((REPO / "configs").rglob("*.py"))
+
+
+def load_config_module(path):
+    spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Return get_config(kind) of configs/tiny.py."""
+    return load_config_module(REPO / "configs" / "tiny.py").get_config
