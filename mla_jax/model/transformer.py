@@ -1,6 +1,7 @@
 """The decoder-only transformer: embedding, pre-norm blocks, final norm, output projection.
 
-Blocks are a Python list, unrolled at trace time. The output covers the padded vocabulary
+Blocks are a Python list, unrolled at trace time. `forward_cached` is the same computation over
+a KV cache, for decoding; `mla_jax.decoding` drives it. The output covers the padded vocabulary
 (a multiple of 128, so it shards on any mesh); logits of the padding ids are set to a large
 negative value, so a softmax over them sees only the real vocabulary.
 """
@@ -15,7 +16,7 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig
 from mla_jax.model.attention import make_attention
-from mla_jax.model.attention.base import MASK_VALUE
+from mla_jax.model.attention.base import MASK_VALUE, cached_attention
 from mla_jax.model.layers import Embedding, RMSNorm, SwiGLU, einsum, make_param
 
 
@@ -32,6 +33,12 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         x = x + self.attention(self.attention_norm(x), positions)
         return x + self.mlp(self.mlp_norm(x))
+
+    def forward_cached(self, x, positions, cache: dict[str, jax.Array]):
+        """Like `__call__`, attending over the cache after writing x's keys and values into it."""
+        attention_out, cache = cached_attention(self.attention, self.attention_norm(x), positions, cache)
+        x = x + attention_out
+        return x + self.mlp(self.mlp_norm(x)), cache
 
 
 class Transformer(nnx.Module):
@@ -53,6 +60,19 @@ class Transformer(nnx.Module):
         for block in self.blocks:
             x = block(x, positions)
         return self.output_logits(x)
+
+    def forward_cached(self, tokens: jax.Array, positions: jax.Array, caches: tuple[dict, ...]):
+        """Logits [B, T, V] of tokens at positions [B, T], attending over one cache per layer.
+
+        Each layer first writes the tokens' keys and values at slots `positions`, so tokens see
+        the cached past and each other causally. Returns the logits and the updated caches.
+        """
+        x = self.embedding(tokens, jnp.dtype(self.cfg.dtype))
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x, cache = block.forward_cached(x, positions, cache)
+            new_caches.append(cache)
+        return self.output_logits(x), tuple(new_caches)
 
     def output_logits(self, x: jax.Array) -> jax.Array:
         """Final norm and output projection; logits are float32, padding ids masked."""

@@ -4,7 +4,9 @@ Query head n attends with KV head n // G, where G = N // K: the N query heads ar
 consecutive groups of G heads.
 
 Caches, per token and layer: the RoPE-rotated key and the value of every KV head, 2 * K * H
-elements.
+elements, in two arrays `key` and `value` of [B, K, S, H]. Keeping each KV head's keys contiguous
+lets one decode step read the cache as K plain matrix products; the [B, S, K, H] layout made
+XLA on CPU copy the whole cache into that order first, ten times slower (scripts/bench_decode.py).
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ class GroupedQueryAttention(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
 
     def cache_spec(self, batch: int, max_len: int, dtype) -> dict[str, jax.ShapeDtypeStruct]:
-        shape = (batch, max_len, self.num_kv_heads, self.head_dim)
+        shape = (batch, self.num_kv_heads, max_len, self.head_dim)
         return {"key": jax.ShapeDtypeStruct(shape, dtype), "value": jax.ShapeDtypeStruct(shape, dtype)}
 
     def project_kv(self, x: jax.Array, positions: jax.Array) -> dict[str, jax.Array]:
+        """Keys and values [B, K, T, H], in the cache layout."""
         key = einsum("BTD,DKH->BTKH", x, self.w_k, self.dtype)
-        value = einsum("BTD,DKH->BTKH", x, self.w_v, self.dtype)
-        return {"key": apply_rope(key, positions, self.rope_theta), "value": value}
+        key = apply_rope(key, positions, self.rope_theta).transpose(0, 2, 1, 3)
+        value = einsum("BTD,DKH->BKTH", x, self.w_v, self.dtype)
+        return {"key": key, "value": value}
 
     def project_query(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         query = einsum("BTD,DNH->BTNH", x, self.w_q, self.dtype)
@@ -54,10 +58,16 @@ class GroupedQueryAttention(nnx.Module):
         return self.attend(self.project_query(x, positions), kv, causal_mask(positions, positions))
 
     def attend(self, query: jax.Array, kv: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
+        """Attend with query [B, T, N, H] over kv [B, K, S, H]; mask is bool [B, T, S].
+
+        The einsum outputs keep the order dot_general produces (batch axes, then the free axes
+        of each operand), so XLA adds no transpose of the [.., S] operands.
+        """
         b, t, n, h = query.shape
-        query = query.reshape(b, t, self.num_kv_heads, self.groups, h)  # BTKGH
+        query = query.reshape(b, t, self.num_kv_heads, self.groups, h).transpose(0, 2, 1, 3, 4)
         key, value = kv["key"].astype(self.dtype), kv["value"].astype(self.dtype)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", query, key) * self.scale
-        probs = masked_softmax(scores, mask).astype(self.dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
+        scores = jnp.einsum("BKTGH,BKSH->BKTGS", query, key) * self.scale
+        probs = masked_softmax(scores, mask[:, None, :, None, :]).astype(self.dtype)
+        out = jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)
+        out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
         return einsum("BTNH,NHD->BTD", out, self.w_o, self.dtype)

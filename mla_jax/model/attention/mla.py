@@ -82,20 +82,34 @@ class MultiHeadLatentAttention(nnx.Module):
         return self.attend(self.project_query(x, positions), kv, mask, mode="naive")
 
     def attend(self, query, kv: dict[str, jax.Array], mask: jax.Array, mode: str | None = None):
-        """Attend over kv; `mode` overrides the configured mla_decode (naive or absorbed)."""
+        """Attend over kv [B, S, ...]; `mode` overrides the configured mla_decode (naive or absorbed).
+
+        Scores are laid out [B, T, N, S], the order dot_general produces, so XLA adds no
+        transpose of the [B, S, ...] operands.
+        """
         q_nope, q_rope = query
         latent, rope_key = kv["latent"].astype(self.dtype), kv["rope_key"].astype(self.dtype)
-        rope_scores = jnp.einsum("BTNR,BSR->BNTS", q_rope, rope_key)
+        rope_scores = jnp.einsum("BTNR,BSR->BTNS", q_rope, rope_key)
+        mask = mask[:, :, None, :]  # [B, T, 1, S]
         if (mode or self.mode) == "naive":
-            key = einsum("BSC,CNH->BSNH", latent, self.w_uk, self.dtype)
-            value = einsum("BSC,CNH->BSNH", latent, self.w_uv, self.dtype)
-            scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope, key) + rope_scores
-            probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
-            out = jnp.einsum("BNTS,BSNH->BTNH", probs, value)
+            out = self._attend_naive(q_nope, rope_scores, latent, mask)
         else:
-            q_latent = einsum("BTNH,CNH->BTNC", q_nope, self.w_uk, self.dtype)
-            scores = jnp.einsum("BTNC,BSC->BNTS", q_latent, latent) + rope_scores
-            probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
-            out_latent = jnp.einsum("BNTS,BSC->BTNC", probs, latent)
-            out = einsum("BTNC,CNH->BTNH", out_latent, self.w_uv, self.dtype)
+            out = self._attend_absorbed(q_nope, rope_scores, latent, mask)
         return einsum("BTNH,NHD->BTD", out, self.w_o, self.dtype)
+
+    def _attend_naive(self, q_nope, rope_scores, latent, mask) -> jax.Array:
+        """Up-project the latent to per-head keys and values, then attend: out [B, T, N, Hv]."""
+        key = einsum("BSC,CNH->BSNH", latent, self.w_uk, self.dtype)
+        value = einsum("BSC,CNH->BSNH", latent, self.w_uv, self.dtype)
+        scores = jnp.einsum("BTNH,BSNH->BTNS", q_nope, key) + rope_scores
+        probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
+        return jnp.einsum("BTNS,BSNH->BTNH", probs, value)
+
+    def _attend_absorbed(self, q_nope, rope_scores, latent, mask) -> jax.Array:
+        """Attend in latent space: q_nope W_uk^T scores the latent directly, and the latent
+        average goes through W_uv afterwards. Out [B, T, N, Hv]."""
+        q_latent = einsum("BTNH,CNH->BTNC", q_nope, self.w_uk, self.dtype)
+        scores = jnp.einsum("BTNC,BSC->BTNS", q_latent, latent) + rope_scores
+        probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
+        out_latent = jnp.einsum("BTNS,BSC->BTNC", probs, latent)
+        return einsum("BTNC,CNH->BTNH", out_latent, self.w_uv, self.dtype)
