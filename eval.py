@@ -10,6 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mla_jax.evaluation import evaluate
+from mla_jax.sharding import initialize_distributed
 from mla_jax.training.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,6 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
+    initialize_distributed(_CONFIG.value.distributed)
     logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
     result = evaluate(_CONFIG.value, _WORKDIR.value)
     logging.info("eval.json:\n%s", json.dumps(result, indent=2, sort_keys=True))

@@ -9,6 +9,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mla_jax.sharding import initialize_distributed
 from mla_jax.training.loop import train
 from mla_jax.training.metrics import quiet_library_logs
 
@@ -23,6 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
+    initialize_distributed(_CONFIG.value.distributed)
     logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
     logging.info("Config:\n%s", _CONFIG.value)
     train(_CONFIG.value, _WORKDIR.value)

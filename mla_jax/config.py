@@ -19,6 +19,29 @@ MLA_DECODE_MODES = ("absorbed", "naive")
 # The vocabulary dimension is padded to a multiple of this so that it shards on any mesh.
 VOCAB_PAD_MULTIPLE = 128
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# Parameters shard their `embed` dim over fsdp and their head, MLP and vocabulary dims over
+# tensor; MLA latents stay whole (see mla_jax.sharding). `activation_*` names are for
+# sharding constraints on activations, `cache_*` for the KV cache.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("q_latent", None),
+    ("kv_latent", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_heads", "tensor"),
+)
 
 
 class ConfigError(ValueError):
@@ -86,6 +109,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_eval_max_windows = config_dict.placeholder(int)
     c.checkpoint_every = 200
     c.checkpoints_to_keep = 3
+
+    c.grad_accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
+
+    # Device mesh. Sizes of the data, fsdp and tensor axes; one -1 takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    # Logical axis name -> mesh axes (None: replicated). Dims that do not divide are replicated.
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+    # Multi-process runs: jax.distributed.initialize arguments. On Cloud TPU, leave them None
+    # and set distributed.initialize=True; JAX finds the coordinator itself.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = False
+    c.distributed.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "shakespeare"  # shakespeare (embedded), text (local globs) or hub.
@@ -257,6 +297,11 @@ def validate_experiment(config: ml_collections.ConfigDict, model_cfg: ModelConfi
         raise ConfigError(
             f"config.warmup_steps={config.warmup_steps} leaves no step for the decay "
             f"(num_train_steps={config.num_train_steps}); make the warmup shorter than the run."
+        )
+    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+        raise ConfigError(
+            f"config.grad_accum_steps={config.grad_accum_steps} must be positive and divide "
+            f"config.batch_size={config.batch_size}."
         )
     if config.checkpoints_to_keep < 1:
         raise ConfigError(f"config.checkpoints_to_keep={config.checkpoints_to_keep} must be >= 1.")

@@ -23,26 +23,46 @@ from mla_jax import data
 from mla_jax.config import kv_cache_bytes_per_token, kv_cache_elements_per_token_per_layer
 from mla_jax.losses import token_losses
 from mla_jax.model import count_params
+from mla_jax.sharding import Partitioner, make_partitioner
 
 
-def make_loss_fn(graphdef: nnx.GraphDef):
-    """Return a jitted fn(params, inputs [B, T], targets [B, T]) -> float32 token losses [B, T]."""
+def make_loss_fn(graphdef: nnx.GraphDef, partitioner: Partitioner | None = None, param_shardings=None):
+    """Return a jitted fn(params, inputs [B, T], targets [B, T]) -> float32 token losses [B, T].
 
-    @jax.jit
+    On a mesh, the batch is sharded and the losses come back replicated, so every process can
+    read them.
+    """
+
     def losses(params, inputs, targets):
-        return token_losses(nnx.merge(graphdef, params)(inputs), targets)
+        if partitioner is None:
+            return token_losses(nnx.merge(graphdef, params)(inputs), targets)
+        with partitioner.activation_rules():
+            return token_losses(nnx.merge(graphdef, params)(inputs), targets)
 
-    return losses
+    if partitioner is None:
+        return jax.jit(losses)
+    batch = partitioner.batch_sharding()
+    return jax.jit(losses, in_shardings=(param_shardings, batch, batch), out_shardings=partitioner.replicated())
+
+
+def _place(batch: dict, partitioner: Partitioner | None) -> tuple[jax.Array, jax.Array]:
+    if partitioner is None:
+        return jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+    size = len(batch["inputs"])
+    rows = partitioner.process_rows(size)
+    local = {"inputs": batch["inputs"][rows], "targets": batch["targets"][rows]}
+    placed = partitioner.place_batch(local, size)
+    return placed["inputs"], placed["targets"]
 
 
 def score_windows(loss_fn, params, windows: dict, batch_size: int,
-                  max_windows: int | None = None) -> dict:
+                  max_windows: int | None = None, partitioner: Partitioner | None = None) -> dict:
     """Sum the weighted token losses of `windows` (optionally only the first `max_windows`)."""
     if max_windows is not None:
         windows = {k: v[:max_windows] for k, v in windows.items()}
     total, count = 0.0, 0.0
     for batch in data.eval_batches(windows, batch_size):
-        losses = np.asarray(loss_fn(params, jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])))
+        losses = np.asarray(loss_fn(params, *_place(batch, partitioner)))
         total += float(np.sum(losses.astype(np.float64) * batch["weights"]))
         count += float(np.sum(batch["weights"]))
     return summarize(total, count)
@@ -87,10 +107,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Imported here: training imports this module for periodic validation.
     from mla_jax.training.checkpoints import load_model
 
-    model, step = load_model(config, workdir)
+    partitioner = make_partitioner(config)
+    model, step = load_model(config, workdir, partitioner)
     model_cfg = model.cfg
     graphdef, params = nnx.split(model)
-    loss_fn = make_loss_fn(graphdef)
+    loss_fn = make_loss_fn(graphdef, partitioner, partitioner.shardings(params))
     tokenizer = data.make_tokenizer(config.data)
     streams = {s: data.load_token_stream(config.data, s, tokenizer) for s in data.SPLITS}
     unigram = unigram_log_probs(streams["train"], model_cfg.vocab_size)
@@ -104,7 +125,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     for split, prefix in (("validation", "val"), ("test", "test")):
         windows = data.eval_windows(streams[split], config.seq_len)
-        scores = score_windows(loss_fn, params, windows, config.eval_batch_size)
+        scores = score_windows(loss_fn, params, windows, config.eval_batch_size, None, partitioner)
         result[f"{prefix}_loss"] = scores["loss"]
         result[f"{prefix}_perplexity"] = scores["perplexity"]
         result[f"{prefix}_unigram_perplexity"] = unigram_perplexity(unigram, streams[split])
@@ -112,5 +133,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             result["num_eval_tokens"] = scores["num_tokens"]
         else:
             result["num_test_tokens"] = scores["num_tokens"]
-    write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    if jax.process_index() == 0:
+        write_json_atomic(os.path.join(workdir, "eval.json"), result)
     return result

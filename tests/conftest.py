@@ -6,6 +6,12 @@ import pathlib
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Eight fake CPU devices, so that sharding runs on real meshes. Set before jax is imported;
+# subprocesses started by tests inherit it. Tests that need one device ask for it explicitly.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -101,9 +101,12 @@ class TrainBatches:
             windows[in_epoch] = self._permutation(int(epoch))[positions[in_epoch]]
         return windows
 
-    def batch_at(self, step: int) -> Batch:
-        """Returns the global batch of `step`: int32 `inputs` [B, T] and `targets` [B, T]."""
-        starts = self.window_ids(step) * self.seq_len
+    def batch_at(self, step: int, rows: slice | None = None) -> Batch:
+        """Returns the batch of `step`: int32 `inputs` [B, T] and `targets` [B, T].
+
+        `rows` selects part of the global batch (one process's share) without gathering the rest.
+        """
+        starts = self.window_ids(step)[rows if rows is not None else slice(None)] * self.seq_len
         tokens = self.stream[starts[:, None] + np.arange(self.seq_len + 1)]  # [B, T+1]
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 

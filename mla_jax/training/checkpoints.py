@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -17,6 +18,7 @@ from flax import nnx
 
 from mla_jax import data
 from mla_jax.config import ModelConfig, model_config_from
+from mla_jax.sharding import Partitioner
 from mla_jax.training.optimizer import make_optimizer
 from mla_jax.training.state import TrainState, abstract_train_state, model_graphdef
 
@@ -66,8 +68,23 @@ def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: in
         )
 
 
-def load_model(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
-    """Return (model, step): the model of `config` with parameters from the workdir's checkpoint."""
+def sharded_abstract_state(model_cfg: ModelConfig, tx, partitioner: Partitioner | None) -> TrainState:
+    """Abstract train state whose leaves carry the target shardings of a restore."""
+    abstract = abstract_train_state(model_cfg, tx)
+    if partitioner is None:
+        return abstract
+    shardings = partitioner.shardings(abstract)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def load_model(config: ml_collections.ConfigDict, workdir: str,
+               partitioner: Partitioner | None = None, step: int | None = None):
+    """Return (model, step): the model of `config` with parameters from the workdir's checkpoint.
+
+    With a partitioner, parameters are restored directly into their shards on its mesh.
+    """
     model_cfg = model_config_from(config.model, data.vocab_size(config.data))
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
@@ -75,6 +92,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str, step: int | None
             f"No checkpoint directory {directory}; train first with train.py --workdir={workdir}."
         )
     manager = make_manager(workdir, config)
-    state = restore(manager, abstract_train_state(model_cfg, make_optimizer(config)), model_cfg, step)
+    target = sharded_abstract_state(model_cfg, make_optimizer(config), partitioner)
+    state = restore(manager, target, model_cfg, step)
     manager.close()
     return nnx.merge(model_graphdef(model_cfg), state.params), int(state.step)

@@ -12,18 +12,18 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import tqdm
 from absl import logging
 
 from mla_jax import data, evaluation
 from mla_jax.config import ModelConfig, model_config_from, validate_experiment
+from mla_jax.sharding import Partitioner, make_partitioner
 from mla_jax.training import checkpoints
 from mla_jax.training.metrics import MetricWriter
 from mla_jax.training.optimizer import make_optimizer, make_schedule
-from mla_jax.training.state import TrainState, abstract_train_state, create_train_state
-from mla_jax.training.state import make_train_step, model_graphdef
+from mla_jax.training.state import TrainState, create_train_state, make_train_step
+from mla_jax.training.state import model_graphdef, train_state_shardings
 
 
 class _Throughput:
@@ -51,11 +51,12 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def _start_state(config, model_cfg: ModelConfig, tx, manager) -> TrainState:
+def _start_state(config, model_cfg: ModelConfig, tx, manager, partitioner: Partitioner) -> TrainState:
     if manager.latest_step() is None:
         logging.info("Starting from scratch with seed %d.", config.seed)
-        return create_train_state(model_cfg, tx, config.seed)
-    return checkpoints.restore(manager, abstract_train_state(model_cfg, tx), model_cfg)
+        return create_train_state(model_cfg, tx, config.seed, partitioner)
+    target = checkpoints.sharded_abstract_state(model_cfg, tx, partitioner)
+    return checkpoints.restore(manager, target, model_cfg)
 
 
 def _write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -88,13 +89,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         val_stream = data.load_token_stream(config.data, "validation", tokenizer)
         val_windows = data.eval_windows(val_stream, config.seq_len)
 
+    partitioner = make_partitioner(config)
     tx, schedule = make_optimizer(config), make_schedule(config)
     manager = checkpoints.make_manager(workdir, config)
-    state = _start_state(config, model_cfg, tx, manager)
-    _write_run_config(workdir, config)
-    writer = MetricWriter(workdir)
+    state = _start_state(config, model_cfg, tx, manager, partitioner)
+    if jax.process_index() == 0:
+        _write_run_config(workdir, config)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    loop = _Loop(config, model_cfg, partitioner, tx, schedule, manager, writer)
     try:
-        state = _run_steps(config, model_cfg, state, batches, val_windows, tx, schedule, manager, writer)
+        state = loop.run(state, batches, val_windows)
     finally:
         writer.close()
         manager.wait_until_finished()
@@ -102,47 +106,68 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     return state
 
 
-def _run_steps(config, model_cfg, state, batches, val_windows, tx, schedule, manager, writer):
-    graphdef = model_graphdef(model_cfg)
-    train_step = make_train_step(graphdef, tx, schedule)
-    eval_loss_fn = evaluation.make_loss_fn(graphdef) if val_windows is not None else None
-    total, first = config.num_train_steps, int(state.step)
-    throughput = _Throughput(first, config.batch_size * config.seq_len)
-    pending = None
-    progress = tqdm.tqdm(total=total, initial=first, desc="train", unit="step")
-    for step in range(first, total):
-        state, metrics = train_step(state, jax.tree.map(jnp.asarray, batches.batch_at(step)))
-        done = step + 1
-        if step == first:
-            # Wait once, so that compilation time stays out of the throughput figures.
-            jax.block_until_ready(metrics)
-            throughput.reset(done)
+class _Loop:
+    """The steps of one run, with what they share: compiled functions, sinks, checkpoints."""
+
+    def __init__(self, config, model_cfg, partitioner, tx, schedule, manager, writer):
+        self.config, self.model_cfg, self.partitioner = config, model_cfg, partitioner
+        self.manager, self.writer = manager, writer
+        graphdef = model_graphdef(model_cfg)
+        shardings = train_state_shardings(model_cfg, tx, partitioner)
+        self.train_step = make_train_step(
+            graphdef, tx, schedule, partitioner, shardings, config.grad_accum_steps
+        )
+        self.eval_loss_fn = evaluation.make_loss_fn(graphdef, partitioner, shardings.params)
+        self.rows = partitioner.process_rows(config.batch_size)
+
+    def batch(self, batches: data.TrainBatches, step: int) -> dict:
+        local = batches.batch_at(step, self.rows)
+        return self.partitioner.place_batch(local, self.config.batch_size)
+
+    def validate(self, params, val_windows) -> dict:
+        config = self.config
+        scores = evaluation.score_windows(
+            self.eval_loss_fn, params, val_windows, config.eval_batch_size,
+            config.train_eval_max_windows, self.partitioner,
+        )
+        return {"val_loss": scores["loss"], "val_perplexity": scores["perplexity"]}
+
+    def run(self, state: TrainState, batches, val_windows) -> TrainState:
+        config, writer = self.config, self.writer
+        total, first = config.num_train_steps, int(state.step)
+        throughput = _Throughput(first, config.batch_size * config.seq_len)
+        pending = None
+        progress = tqdm.tqdm(total=total, initial=first, desc="train", unit="step",
+                             disable=jax.process_index() != 0)
+        for step in range(first, total):
+            state, metrics = self.train_step(state, self.batch(batches, step))
+            done = step + 1
+            if step == first:
+                # Wait once, so that compilation time stays out of the throughput figures.
+                jax.block_until_ready(metrics)
+                throughput.reset(done)
+            if pending is not None:
+                _log(writer, *pending, throughput)
+            pending = (done, metrics) if done % config.log_every == 0 or done == total else None
+            progress.update(1)
+            evaluate_now = val_windows is not None and done % config.eval_every == 0
+            save_now = config.checkpoint_every and done % config.checkpoint_every == 0
+            if evaluate_now or save_now:
+                # Both wait for the device anyway: this step's record is written now, with the
+                # validation scores, and its timing excludes the evaluation and the save.
+                extra = {}
+                if evaluate_now:
+                    jax.block_until_ready(metrics)
+                    extra = {**throughput.measure(done), **self.validate(state.params, val_windows)}
+                if evaluate_now or pending is not None:
+                    _log(writer, done, metrics, throughput, extra)
+                    pending = None
+                if save_now:
+                    checkpoints.save(self.manager, state, self.model_cfg)
+                throughput.reset(done)
         if pending is not None:
             _log(writer, *pending, throughput)
-        pending = (done, metrics) if done % config.log_every == 0 or done == total else None
-        progress.update(1)
-        evaluate_now = eval_loss_fn is not None and done % config.eval_every == 0
-        save_now = config.checkpoint_every and done % config.checkpoint_every == 0
-        if evaluate_now or save_now:
-            # Both wait for the device anyway: this step's record is written now, with the
-            # validation scores, and its timing excludes the evaluation and the save.
-            extra = {}
-            if evaluate_now:
-                jax.block_until_ready(metrics)
-                measured = throughput.measure(done)
-                scores = evaluation.score_windows(
-                    eval_loss_fn, state.params, val_windows, config.eval_batch_size, config.train_eval_max_windows
-                )
-                extra = {"val_loss": scores["loss"], "val_perplexity": scores["perplexity"], **measured}
-            if evaluate_now or pending is not None:
-                _log(writer, done, metrics, throughput, extra)
-                pending = None
-            if save_now:
-                checkpoints.save(manager, state, model_cfg)
-            throughput.reset(done)
-    if pending is not None:
-        _log(writer, *pending, throughput)
-    progress.close()
-    if manager.latest_step() != int(state.step):
-        checkpoints.save(manager, state, model_cfg)
-    return state
+        progress.close()
+        if self.manager.latest_step() != int(state.step):
+            checkpoints.save(self.manager, state, self.model_cfg)
+        return state

@@ -12,13 +12,19 @@ from tensorboardX import SummaryWriter
 class MetricWriter:
     """Writes one record per logged step to every sink; `metrics.jsonl` gets one JSON object a line."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, enabled: bool = True):
+        """`enabled=False` (processes other than 0) writes nothing and opens no file."""
+        self.enabled = enabled
+        if not enabled:
+            return
         self._tensorboard = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
         # Line-buffered append: a resumed run adds to the file, and a killed one loses no
         # complete line.
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         logging.info("step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in record.items() if k != "step"))
         for name, value in record.items():
@@ -27,6 +33,8 @@ class MetricWriter:
         self._jsonl.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._tensorboard.close()
         self._jsonl.close()
 
