@@ -19,8 +19,8 @@ MLA_DECODE_MODES = ("absorbed", "naive")
 # The vocabulary dimension is padded to a multiple of this so that it shards on any mesh.
 VOCAB_PAD_MULTIPLE = 128
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-# Parameters shard their `embed` dim over fsdp and their head, MLP and vocabulary dims over
-# tensor; MLA latents stay whole (see mla_jax.sharding). `activation_*` names are for
+# Parameters shard their `embed` dim (else their MLA latent dim) over fsdp and their head, MLP
+# and vocabulary dims over tensor (see mla_jax.sharding). `activation_*` names are for
 # sharding constraints on activations, `cache_*` for the KV cache.
 DEFAULT_SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
@@ -30,8 +30,8 @@ DEFAULT_SHARDING_RULES = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
-    ("q_latent", None),
-    ("kv_latent", None),
+    ("q_latent", "fsdp"),
+    ("kv_latent", "fsdp"),
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_eval_max_windows = config_dict.placeholder(int)
     c.checkpoint_every = 200
     c.checkpoints_to_keep = 3
+    # Where orbax writes checkpoints; None: WORKDIR/checkpoints. May be a gs:// path, which orbax
+    # writes directly; metrics and eval.json stay in the local workdir.
+    c.checkpoint_dir = config_dict.placeholder(str)
 
     c.grad_accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
 
@@ -164,7 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.qk_nope_head_dim = 64  # Per-head key/query dims without RoPE, up-projected from the latent.
     m.qk_rope_head_dim = 32  # Decoupled RoPE key dims, shared by all heads; must be even.
     m.v_head_dim = 64
-    m.max_seq_len = 1024  # Longest sequence the model accepts (RoPE table and KV cache).
+    m.max_seq_len = 1024  # Maximum sequence length in tokens, for training and for the KV cache.
     m.tie_embeddings = True  # Output projection reuses the token embedding.
     m.rope_theta = 10000.0
     m.norm_eps = 1e-6

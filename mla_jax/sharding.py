@@ -6,9 +6,10 @@ maps each logical axis name that the model uses to mesh axes, so the model never
 
 A dimension whose size is not divisible by its mesh axes is replicated instead, with one log
 line: this is how MQA and small GQA keep their few KV heads whole on every tensor shard. MLA's
-latent dims (`kv_latent`, `q_latent`) are replicated by the default rules: the KV latent is
-small, shared by all heads, and normalized over its full width, so splitting it would add an
-all-gather in every layer to save little memory.
+latent dims (`kv_latent`, `q_latent`) are never split over tensor: the KV latent is shared by all
+heads and normalized over its full width, so splitting it would add an all-gather in every
+layer. They go to fsdp, like `embed`, so that under FSDP the latent up-projections, which have
+no `embed` dim, are stored in shards too (FSDP gathers every weight before its matmul).
 
 Activations are constrained through `constrain(x, names)`, which is a no-op outside
 `use_mesh_rules(...)`, so the same model code runs unsharded.

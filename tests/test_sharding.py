@@ -92,9 +92,10 @@ def spec_of(state, *path):
         ("mha", ("blocks", 0, "mlp_norm", "scale"), P("fsdp")),
         ("mqa", ("blocks", 0, "attention", "w_k"), P("fsdp", None, None)),  # 1 KV head: replicated
         ("mla", ("blocks", 0, "attention", "w_dkv"), P("fsdp", None)),
-        ("mla", ("blocks", 0, "attention", "w_uk"), P(None, "tensor", None)),
-        ("mla", ("blocks", 0, "attention", "w_dq"), P("fsdp", None)),
-        ("mla", ("blocks", 0, "attention", "kv_norm", "scale"), P(None)),
+        ("mla", ("blocks", 0, "attention", "w_uk"), P("fsdp", "tensor", None)),
+        ("mla", ("blocks", 0, "attention", "w_dq"), P("fsdp", None)),  # embed takes fsdp first
+        ("mla", ("blocks", 0, "attention", "w_uq"), P("fsdp", "tensor", None)),
+        ("mla", ("blocks", 0, "attention", "kv_norm", "scale"), P("fsdp")),
     ],
 )
 def test_param_specs_follow_rules(tiny_config, kind, path, spec):

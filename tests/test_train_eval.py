@@ -17,7 +17,7 @@ from mla_jax import data, evaluation
 from mla_jax.config import model_config_from
 from mla_jax.losses import token_losses
 from mla_jax.model import Transformer
-from mla_jax.training.checkpoints import CheckpointError
+from mla_jax.training.checkpoints import CheckpointError, load_model
 from mla_jax.training.loop import train
 
 KINDS = ("mha", "gqa", "mqa", "mla")
@@ -155,3 +155,19 @@ def test_data_errors_before_training(tiny_config, tmp_path, field, value, error,
     with pytest.raises(error, match=needle.replace("*", r"\*").replace(".", r"\.")):
         train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_object_store_workdir_rejected(tiny_config):
+    with pytest.raises(ValueError, match="checkpoint_dir=gs://"):
+        train(tiny_config("mla"), "gs://bucket/run")
+
+
+def test_checkpoint_dir_override(tiny_config, tmp_path):
+    config = tiny_config("mla")
+    config.num_train_steps, config.eval_every = 3, 0
+    config.checkpoint_dir = str(tmp_path / "elsewhere")
+    train(config, str(tmp_path / "run"))
+    assert (tmp_path / "elsewhere" / "3").is_dir()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    model, step = load_model(config, str(tmp_path / "run"))
+    assert step == 3 and model.cfg.attention == "mla"

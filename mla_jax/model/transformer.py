@@ -18,6 +18,12 @@ from mla_jax.config import ModelConfig
 from mla_jax.model.attention import make_attention
 from mla_jax.model.attention.base import MASK_VALUE, cached_attention
 from mla_jax.model.layers import Embedding, RMSNorm, SwiGLU, einsum, make_param
+from mla_jax.sharding import constrain
+
+# Logical names of the residual stream [B, T, D] and of the logits [B, T, V]; on a mesh they
+# keep activations split by batch (see mla_jax.sharding), elsewhere they change nothing.
+RESIDUAL_AXES = ("activation_batch", "activation_length", "activation_embed")
+LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
 class Block(nnx.Module):
@@ -56,9 +62,9 @@ class Transformer(nnx.Module):
         """Full causal forward pass; positions default to 0..T-1 in every row."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embedding(tokens, jnp.dtype(self.cfg.dtype))
+        x = constrain(self.embedding(tokens, jnp.dtype(self.cfg.dtype)), RESIDUAL_AXES)
         for block in self.blocks:
-            x = block(x, positions)
+            x = constrain(block(x, positions), RESIDUAL_AXES)
         return self.output_logits(x)
 
     def forward_cached(self, tokens: jax.Array, positions: jax.Array, caches: tuple[dict, ...]):
@@ -67,10 +73,11 @@ class Transformer(nnx.Module):
         Each layer first writes the tokens' keys and values at slots `positions`, so tokens see
         the cached past and each other causally. Returns the logits and the updated caches.
         """
-        x = self.embedding(tokens, jnp.dtype(self.cfg.dtype))
+        x = constrain(self.embedding(tokens, jnp.dtype(self.cfg.dtype)), RESIDUAL_AXES)
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
             x, cache = block.forward_cached(x, positions, cache)
+            x = constrain(x, RESIDUAL_AXES)
             new_caches.append(cache)
         return self.output_logits(x), tuple(new_caches)
 
@@ -83,7 +90,7 @@ class Transformer(nnx.Module):
         else:
             logits = einsum("BTD,DV->BTV", x, self.w_out, dtype)
         is_real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
-        return jnp.where(is_real, logits.astype(jnp.float32), MASK_VALUE)
+        return constrain(jnp.where(is_real, logits.astype(jnp.float32), MASK_VALUE), LOGITS_AXES)
 
 
 def count_params(model: nnx.Module) -> int:

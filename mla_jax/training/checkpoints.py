@@ -27,9 +27,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not belong to the configured model."""
 
 
+def checkpoint_directory(workdir: str, config: ml_collections.ConfigDict) -> str:
+    """config.checkpoint_dir if set (local or a URL such as gs://), else WORKDIR/checkpoints."""
+    directory = config.get("checkpoint_dir") or os.path.join(workdir, "checkpoints")
+    return directory if "://" in directory else os.path.abspath(directory)
+
+
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(checkpoint_directory(workdir, config), options=options)
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, model_cfg: ModelConfig) -> None:
@@ -86,8 +92,8 @@ def load_model(config: ml_collections.ConfigDict, workdir: str,
     With a partitioner, parameters are restored directly into their shards on its mesh.
     """
     model_cfg = model_config_from(config.model, data.vocab_size(config.data))
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = checkpoint_directory(workdir, config)
+    if "://" not in directory and not os.path.isdir(directory):
         raise CheckpointError(
             f"No checkpoint directory {directory}; train first with train.py --workdir={workdir}."
         )

@@ -44,6 +44,12 @@ class _Throughput:
 
 
 def prepare_workdir(workdir: str) -> str:
+    if "://" in workdir:
+        raise ValueError(
+            f"--workdir={workdir} must be a local directory: metrics.jsonl is appended line by "
+            "line, which object stores do not support. Put checkpoints in a bucket with "
+            "--config.checkpoint_dir=gs://BUCKET/PATH instead."
+        )
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory path.")
