@@ -23,8 +23,8 @@ time: not measured yet. Memory per device as the XLA CPU compiler plans it
 
 Mesh: pure data parallelism (data=-1, fsdp=1). Parameters and both AdamW moments take about
 1.3 GB per device in float32, little next to a v4 chip's 32 GiB or a v5e chip's 16 GiB of HBM.
-FSDP would divide those 1.3 GB, but with the current model code it raises activation memory by
-more than that. The CPU compiler plans 32 GiB per device for fsdp=4 (docs/benchmarks.md).
+FSDP (--config.mesh.data=1 --config.mesh.fsdp=-1) divides those 1.3 GB; the CPU compiler plans
+about 20 GiB per device for fsdp=4 against 21 GiB for data=4 (docs/benchmarks.md).
 
 `config.model.vocab_size` is set explicitly, so the model builds abstractly (tests, memory
 benchmarks) without reading the tokenizer file.
