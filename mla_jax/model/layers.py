@@ -37,6 +37,16 @@ def einsum(equation: str, x: jax.Array, w: jax.Array | nnx.Param, dtype: jnp.dty
     return jnp.einsum(equation, x.astype(dtype), w.astype(dtype))
 
 
+def output_projection(x: jax.Array, w_o: nnx.Param, dtype: jnp.dtype) -> jax.Array:
+    """Project heads back to the model width: x [B, T, N*H] @ w_o [N, H, D] -> [B, T, D].
+
+    The heads are flattened into one contracting axis: contracting N and H as two axes made
+    XLA on CPU copy w_o transposed at every decode step.
+    """
+    w_o = w_o[...]
+    return einsum("BTF,FD->BTD", x, w_o.reshape(-1, w_o.shape[-1]), dtype)
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm over the last axis, computed in float32."""
 

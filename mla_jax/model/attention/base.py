@@ -32,7 +32,7 @@ def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Arr
 
 
 def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax over the last axis in float32; mask broadcasts against scores."""
+    """Softmax over the last (key) axis in float32; mask broadcasts against scores."""
     scores = jnp.where(mask, scores.astype(jnp.float32), MASK_VALUE)
     return jax.nn.softmax(scores, axis=-1)
 

@@ -19,7 +19,7 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig
 from mla_jax.model.attention.base import causal_mask, masked_softmax
-from mla_jax.model.layers import apply_rope, einsum, make_param
+from mla_jax.model.layers import apply_rope, einsum, make_param, output_projection
 
 
 class GroupedQueryAttention(nnx.Module):
@@ -45,7 +45,7 @@ class GroupedQueryAttention(nnx.Module):
         """Keys and values [B, K, T, H], in the cache layout."""
         key = einsum("BTD,DKH->BTKH", x, self.w_k, self.dtype)
         key = apply_rope(key, positions, self.rope_theta).transpose(0, 2, 1, 3)
-        value = einsum("BTD,DKH->BKTH", x, self.w_v, self.dtype)
+        value = einsum("BTD,DKH->BTKH", x, self.w_v, self.dtype).transpose(0, 2, 1, 3)
         return {"key": key, "value": value}
 
     def project_query(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -58,16 +58,28 @@ class GroupedQueryAttention(nnx.Module):
         return self.attend(self.project_query(x, positions), kv, causal_mask(positions, positions))
 
     def attend(self, query: jax.Array, kv: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
-        """Attend with query [B, T, N, H] over kv [B, K, S, H]; mask is bool [B, T, S].
-
-        The einsum outputs keep the order dot_general produces (batch axes, then the free axes
-        of each operand), so XLA adds no transpose of the [.., S] operands.
-        """
+        """Attend with query [B, T, N, H] over kv [B, K, S, H]; mask is bool [B, T, S]."""
         b, t, n, h = query.shape
         query = query.reshape(b, t, self.num_kv_heads, self.groups, h).transpose(0, 2, 1, 3, 4)
         key, value = kv["key"].astype(self.dtype), kv["value"].astype(self.dtype)
-        scores = jnp.einsum("BKTGH,BKSH->BKTGS", query, key) * self.scale
+        if t == 1 and self.groups > 1:
+            out = self._attend_one_position(query, key, value, mask)
+        else:
+            scores = jnp.einsum("BKTGH,BKSH->BKTGS", query, key) * self.scale
+            probs = masked_softmax(scores, mask[:, None, :, None, :]).astype(self.dtype)
+            out = jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)
+        out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, n * h)
+        return output_projection(out, self.w_o, self.dtype)
+
+    def _attend_one_position(self, query, key, value, mask) -> jax.Array:
+        """Decode-step attention (T = 1, G > 1) with query BKTGH: out BKTGH.
+
+        The cached keys are the left operand, [S, H] @ [H, G], which XLA's CPU dot reads in
+        place. As the right operand of q @ k^T they were first copied transposed, every step.
+        The scores are then transposed (B K G S numbers, small) so the softmax reduces the
+        contiguous last axis.
+        """
+        scores = jnp.einsum("BKSH,BKTGH->BKSTG", key, query) * self.scale
+        scores = scores.transpose(0, 1, 3, 4, 2)  # BKTGS
         probs = masked_softmax(scores, mask[:, None, :, None, :]).astype(self.dtype)
-        out = jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)
-        out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
-        return einsum("BTNH,NHD->BTD", out, self.w_o, self.dtype)
+        return jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig
 from mla_jax.model.attention.base import causal_mask, masked_softmax
-from mla_jax.model.layers import RMSNorm, apply_rope, einsum, make_param
+from mla_jax.model.layers import RMSNorm, apply_rope, einsum, make_param, output_projection
 
 
 class MultiHeadLatentAttention(nnx.Module):
@@ -82,34 +82,36 @@ class MultiHeadLatentAttention(nnx.Module):
         return self.attend(self.project_query(x, positions), kv, mask, mode="naive")
 
     def attend(self, query, kv: dict[str, jax.Array], mask: jax.Array, mode: str | None = None):
-        """Attend over kv [B, S, ...]; `mode` overrides the configured mla_decode (naive or absorbed).
-
-        Scores are laid out [B, T, N, S], the order dot_general produces, so XLA adds no
-        transpose of the [B, S, ...] operands.
-        """
+        """Attend over kv [B, S, ...]; `mode` overrides the configured mla_decode (naive or absorbed)."""
         q_nope, q_rope = query
         latent, rope_key = kv["latent"].astype(self.dtype), kv["rope_key"].astype(self.dtype)
-        rope_scores = jnp.einsum("BTNR,BSR->BTNS", q_rope, rope_key)
-        mask = mask[:, :, None, :]  # [B, T, 1, S]
         if (mode or self.mode) == "naive":
-            out = self._attend_naive(q_nope, rope_scores, latent, mask)
+            out = self._attend_naive(q_nope, q_rope, latent, rope_key, mask)
         else:
-            out = self._attend_absorbed(q_nope, rope_scores, latent, mask)
-        return einsum("BTNH,NHD->BTD", out, self.w_o, self.dtype)
+            out = self._attend_absorbed(q_nope, q_rope, latent, rope_key, mask)
+        return output_projection(out.reshape(out.shape[:2] + (-1,)), self.w_o, self.dtype)
 
-    def _attend_naive(self, q_nope, rope_scores, latent, mask) -> jax.Array:
+    def _attend_naive(self, q_nope, q_rope, latent, rope_key, mask) -> jax.Array:
         """Up-project the latent to per-head keys and values, then attend: out [B, T, N, Hv]."""
         key = einsum("BSC,CNH->BSNH", latent, self.w_uk, self.dtype)
         value = einsum("BSC,CNH->BSNH", latent, self.w_uv, self.dtype)
-        scores = jnp.einsum("BTNH,BSNH->BTNS", q_nope, key) + rope_scores
-        probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
-        return jnp.einsum("BTNS,BSNH->BTNH", probs, value)
+        scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope, key)
+        scores += jnp.einsum("BTNR,BSR->BNTS", q_rope, rope_key)
+        probs = masked_softmax(scores * self.scale, mask[:, None]).astype(self.dtype)
+        return jnp.einsum("BNTS,BSNH->BTNH", probs, value)
 
-    def _attend_absorbed(self, q_nope, rope_scores, latent, mask) -> jax.Array:
+    def _attend_absorbed(self, q_nope, q_rope, latent, rope_key, mask) -> jax.Array:
         """Attend in latent space: q_nope W_uk^T scores the latent directly, and the latent
-        average goes through W_uv afterwards. Out [B, T, N, Hv]."""
+        average goes through W_uv afterwards. Out [B, T, N, Hv].
+
+        The cache arrays are the left operand of the scores ([S, C] @ [C, T*N]) and the right one
+        of the weighted sum, the two forms XLA's CPU dot reads without a transposed copy. The
+        scores are transposed in between (B T N S numbers) so the softmax reduces the last axis.
+        """
         q_latent = einsum("BTNH,CNH->BTNC", q_nope, self.w_uk, self.dtype)
-        scores = jnp.einsum("BTNC,BSC->BTNS", q_latent, latent) + rope_scores
-        probs = masked_softmax(scores * self.scale, mask).astype(self.dtype)
+        scores = jnp.einsum("BSC,BTNC->BSTN", latent, q_latent)
+        scores += jnp.einsum("BSR,BTNR->BSTN", rope_key, q_rope)
+        scores = scores.transpose(0, 2, 3, 1)  # BTNS
+        probs = masked_softmax(scores * self.scale, mask[:, :, None, :]).astype(self.dtype)
         out_latent = jnp.einsum("BTNS,BSC->BTNC", probs, latent)
         return einsum("BTNC,CNH->BTNH", out_latent, self.w_uv, self.dtype)
