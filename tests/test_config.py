@@ -4,8 +4,9 @@ import jax
 import pytest
 from flax import nnx
 
-from conftest import CONFIG_FILES, load_config_module
+from conftest import CONFIG_FILES, REPO, load_config_module
 from mla_jax import config as C
+from mla_jax.ablation import member_config
 from mla_jax.config import ConfigError, model_config_from
 from mla_jax.model import Transformer, count_params
 
@@ -31,22 +32,46 @@ def expected_params(cfg) -> int:
 
 
 def config_cases():
+    """One case per attention kind of a top-level config, one per member of a sweep config."""
     for path in CONFIG_FILES:
         module = load_config_module(path)
+        if path.parent.name == "ablation":
+            for member in module.get_config().members:
+                yield pytest.param(path, member, id=f"ablation/{path.stem}:{member}")
+            continue
         for kind in getattr(module, "KINDS", (None,)):
             yield pytest.param(path, kind, id=f"{path.stem}:{kind}")
 
 
-@pytest.mark.parametrize("path,kind", list(config_cases()))
-def test_config_file_builds_model_abstractly(path, kind):
+def experiment_config(path, name):
+    """The experiment config of a case: a kind of a config file, or a member of a sweep."""
     module = load_config_module(path)
-    config = module.get_config(kind) if kind else module.get_config()
-    # Byte tokenizer: the vocabulary size is known without loading anything.
+    if path.parent.name == "ablation":
+        sweep = module.get_config()
+        return member_config(sweep, name, sweep.seeds[0])
+    return module.get_config(name) if name else module.get_config()
+
+
+def build_abstractly(config):
+    # Byte tokenizer: the vocabulary size is known without loading anything. Configs with
+    # another tokenizer set config.model.vocab_size explicitly.
     cfg = model_config_from(config.model, 258)
     C.validate_experiment(config, cfg)
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model)))
     assert count_params(model) == expected_params(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("path,name", list(config_cases()))
+def test_config_file_builds_model_abstractly(path, name):
+    cfg = build_abstractly(experiment_config(path, name))
+    if path.parent.name == "ablation":
+        # Sweep members are parameter-matched to the reference (MHA) member within 2%.
+        sweep = load_config_module(path).get_config()
+        assert len(sweep.seeds) >= 3
+        reference = expected_params(model_config_from(experiment_config(path, sweep.reference).model, 258))
+        assert abs(expected_params(cfg) - reference) <= 0.02 * reference, (name, expected_params(cfg), reference)
 
 
 @pytest.mark.parametrize("tie,q_lora", [(False, None), (True, 48)])
@@ -155,6 +180,6 @@ def test_experiment_errors(tiny_config, field, value, needle):
 
 
 def test_unknown_kind_in_config_path():
-    module = load_config_module(CONFIG_FILES[0])
+    module = load_config_module(REPO / "configs" / "tiny.py")
     with pytest.raises(ValueError, match="'linear'"):
         module.get_config("linear")
