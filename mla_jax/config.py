@@ -105,6 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 200  # Validation perplexity during training; 0 disables it.
     c.eval_batch_size = 16  # Windows per eval batch; results do not depend on it.
+    # eval.py also scores validation token by token through the KV cache (val_perplexity_cached).
+    c.eval_cached = True
     # Validation windows scored during training (the first ones of the split); None: all.
     c.train_eval_max_windows = config_dict.placeholder(int)
     c.checkpoint_every = 200

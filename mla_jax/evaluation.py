@@ -21,6 +21,7 @@ from flax import nnx
 
 from mla_jax import data
 from mla_jax.config import kv_cache_bytes_per_token, kv_cache_elements_per_token_per_layer
+from mla_jax.decoding import cached_token_losses
 from mla_jax.losses import token_losses
 from mla_jax.model import count_params
 from mla_jax.sharding import Partitioner, make_partitioner
@@ -60,9 +61,25 @@ def score_windows(loss_fn, params, windows: dict, batch_size: int,
     """Sum the weighted token losses of `windows` (optionally only the first `max_windows`)."""
     if max_windows is not None:
         windows = {k: v[:max_windows] for k, v in windows.items()}
+    return _sum_losses(windows, batch_size, lambda batch: loss_fn(params, *_place(batch, partitioner)))
+
+
+def score_windows_cached(model, windows: dict, batch_size: int) -> dict:
+    """Like `score_windows`, but each window streams token by token through the cached decoder.
+
+    Equal to the teacher-forced figure only if cached decoding is exact, which makes it a
+    check of the decoder on real data.
+    """
+    return _sum_losses(
+        windows, batch_size, lambda batch: cached_token_losses(model, batch["inputs"], batch["targets"])
+    )
+
+
+def _sum_losses(windows: dict, batch_size: int, batch_losses) -> dict:
+    """Sum, in float64 on the host, the weighted per-token losses [B, T] of each eval batch."""
     total, count = 0.0, 0.0
     for batch in data.eval_batches(windows, batch_size):
-        losses = np.asarray(loss_fn(params, *_place(batch, partitioner)))
+        losses = np.asarray(batch_losses(batch))
         total += float(np.sum(losses.astype(np.float64) * batch["weights"]))
         count += float(np.sum(batch["weights"]))
     return summarize(total, count)
@@ -131,6 +148,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result[f"{prefix}_unigram_perplexity"] = unigram_perplexity(unigram, streams[split])
         if split == "validation":
             result["num_eval_tokens"] = scores["num_tokens"]
+            if config.eval_cached:
+                cached = score_windows_cached(model, windows, config.eval_batch_size)
+                result["val_perplexity_cached"] = cached["perplexity"]
         else:
             result["num_test_tokens"] = scores["num_tokens"]
     if jax.process_index() == 0:

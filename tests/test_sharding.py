@@ -177,3 +177,21 @@ def test_batch_not_divisible_by_batch_shards(tiny_config):
     config.batch_size = 12
     with pytest.raises(ShardingError, match="batch_size=12 is not divisible by the 8 batch shards"):
         make_partitioner(config)
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mla"])
+def test_cached_decoding_on_mesh_matches_one_device(tiny_config, batches, kind):
+    from mla_jax.decoding import cached_token_losses
+    from mla_jax.training.state import model_graphdef as graphdef_of
+    from flax import nnx
+
+    config = tiny_config(kind)
+    cfg = model_config_from(config.model, 258)
+    _, state, _ = run_steps(config, (2, 2, 2), batches, num_steps=1)
+    sharded = nnx.merge(graphdef_of(cfg), state.params)
+    single = nnx.merge(graphdef_of(cfg), jax.device_put(jax.device_get(state.params), jax.devices()[0]))
+    assert len(state.params["embedding"]["table"].get_value().sharding.device_set) == 8
+    batch = batches.batch_at(5)
+    got = np.asarray(cached_token_losses(sharded, batch["inputs"][:4], batch["targets"][:4]))
+    want = np.asarray(cached_token_losses(single, batch["inputs"][:4], batch["targets"][:4]))
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -120,6 +120,7 @@ def test_cli_train_resume_and_eval(tmp_path):
     for key in ("val_loss", "val_perplexity", "test_perplexity", "val_unigram_perplexity"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["num_eval_tokens"] == 199678
+    np.testing.assert_allclose(result["val_perplexity_cached"], result["val_perplexity"], rtol=1e-4)
 
 
 def test_eval_without_checkpoint(tiny_config, tmp_path):
@@ -171,3 +172,16 @@ def test_checkpoint_dir_override(tiny_config, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
     model, step = load_model(config, str(tmp_path / "run"))
     assert step == 3 and model.cfg.attention == "mla"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_perplexity_equals_teacher_forced(tiny_config, kind):
+    cfg = model_config_from(tiny_config(kind).model, 258)
+    model = Transformer(cfg, rngs=nnx.Rngs(1))
+    graphdef, params = nnx.split(model)
+    stream = data.load_token_stream(tiny_config(kind).data, "validation", data.ByteTokenizer())
+    windows = data.eval_windows(stream[:2000], 64)  # 32 windows, the last one padded
+    forced = evaluation.score_windows(evaluation.make_loss_fn(graphdef), params, windows, 16)
+    cached = evaluation.score_windows_cached(model, windows, 16)
+    assert cached["num_tokens"] == forced["num_tokens"] == 1999
+    np.testing.assert_allclose(cached["perplexity"], forced["perplexity"], rtol=1e-4)
