@@ -1,6 +1,6 @@
 """Evaluate the latest checkpoint of a workdir and write WORKDIR/eval.json.
 
-  python eval.py --config=configs/shakespeare.py:mla --workdir=runs/mla
+python eval.py --config=configs/shakespeare.py:mla --workdir=runs/mla
 """
 
 import json
@@ -14,7 +14,10 @@ from mla_jax.sharding import initialize_distributed
 from mla_jax.training.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally with ':KIND' (mha, gqa, mqa or mla).", lock_config=True
+    "config",
+    None,
+    "Experiment config file, optionally with ':KIND' (mha, gqa, mqa or mla).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding the checkpoints to evaluate.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,7 +28,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
     initialize_distributed(_CONFIG.value.distributed)
-    logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
+    logging.info(
+        "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
+    )
     result = evaluate(_CONFIG.value, _WORKDIR.value)
     logging.info("eval.json:\n%s", json.dumps(result, indent=2, sort_keys=True))
 

@@ -14,7 +14,10 @@ from mla_jax.training.loop import train
 from mla_jax.training.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally with ':KIND' (mha, gqa, mqa or mla).", lock_config=True
+    "config",
+    None,
+    "Experiment config file, optionally with ':KIND' (mha, gqa, mqa or mla).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,7 +28,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
     initialize_distributed(_CONFIG.value.distributed)
-    logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
+    logging.info(
+        "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
+    )
     logging.info("Config:\n%s", _CONFIG.value)
     train(_CONFIG.value, _WORKDIR.value)
 

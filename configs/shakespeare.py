@@ -12,7 +12,9 @@ KINDS = ("mha", "gqa", "mqa", "mla")
 
 def get_config(kind: str = "mla"):
     if kind not in KINDS:
-        raise ValueError(f"Unknown attention kind {kind!r} after the config path; use one of {KINDS}.")
+        raise ValueError(
+            f"Unknown attention kind {kind!r} after the config path; use one of {KINDS}."
+        )
     c = base_config()
     c.num_train_steps = 800
     c.batch_size = 32

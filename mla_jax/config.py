@@ -212,7 +212,9 @@ def _resolve_num_kv_heads(fields: dict) -> int:
             )
         return implied[kind]
     if kind == "gqa" and kv_heads is None:
-        raise ConfigError("attention='gqa' needs config.model.num_kv_heads (a divisor of num_heads).")
+        raise ConfigError(
+            "attention='gqa' needs config.model.num_kv_heads (a divisor of num_heads)."
+        )
     # MLA has no KV heads; record num_heads so the field is never None.
     return heads if kv_heads is None else kv_heads
 
@@ -250,7 +252,11 @@ def _validate(cfg: ModelConfig) -> None:
 
 
 def _validate_choices(cfg: ModelConfig) -> None:
-    for name, choices in (("dtype", DTYPES), ("cache_dtype", DTYPES), ("mla_decode", MLA_DECODE_MODES)):
+    for name, choices in (
+        ("dtype", DTYPES),
+        ("cache_dtype", DTYPES),
+        ("mla_decode", MLA_DECODE_MODES),
+    ):
         if getattr(cfg, name) not in choices:
             raise ConfigError(
                 f"config.model.{name}={getattr(cfg, name)!r} is not supported; choose one of {choices}."

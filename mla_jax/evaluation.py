@@ -27,7 +27,9 @@ from mla_jax.model import count_params
 from mla_jax.sharding import Partitioner, make_partitioner
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, partitioner: Partitioner | None = None, param_shardings=None):
+def make_loss_fn(
+    graphdef: nnx.GraphDef, partitioner: Partitioner | None = None, param_shardings=None
+):
     """Return a jitted fn(params, inputs [B, T], targets [B, T]) -> float32 token losses [B, T].
 
     On a mesh, the batch is sharded and the losses come back replicated, so every process can
@@ -43,7 +45,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, partitioner: Partitioner | None = None,
     if partitioner is None:
         return jax.jit(losses)
     batch = partitioner.batch_sharding()
-    return jax.jit(losses, in_shardings=(param_shardings, batch, batch), out_shardings=partitioner.replicated())
+    return jax.jit(
+        losses, in_shardings=(param_shardings, batch, batch), out_shardings=partitioner.replicated()
+    )
 
 
 def _place(batch: dict, partitioner: Partitioner | None) -> tuple[jax.Array, jax.Array]:
@@ -56,12 +60,20 @@ def _place(batch: dict, partitioner: Partitioner | None) -> tuple[jax.Array, jax
     return placed["inputs"], placed["targets"]
 
 
-def score_windows(loss_fn, params, windows: dict, batch_size: int,
-                  max_windows: int | None = None, partitioner: Partitioner | None = None) -> dict:
+def score_windows(
+    loss_fn,
+    params,
+    windows: dict,
+    batch_size: int,
+    max_windows: int | None = None,
+    partitioner: Partitioner | None = None,
+) -> dict:
     """Sum the weighted token losses of `windows` (optionally only the first `max_windows`)."""
     if max_windows is not None:
         windows = {k: v[:max_windows] for k, v in windows.items()}
-    return _sum_losses(windows, batch_size, lambda batch: loss_fn(params, *_place(batch, partitioner)))
+    return _sum_losses(
+        windows, batch_size, lambda batch: loss_fn(params, *_place(batch, partitioner))
+    )
 
 
 def score_windows_cached(model, windows: dict, batch_size: int) -> dict:
@@ -71,7 +83,9 @@ def score_windows_cached(model, windows: dict, batch_size: int) -> dict:
     check of the decoder on real data.
     """
     return _sum_losses(
-        windows, batch_size, lambda batch: cached_token_losses(model, batch["inputs"], batch["targets"])
+        windows,
+        batch_size,
+        lambda batch: cached_token_losses(model, batch["inputs"], batch["targets"]),
     )
 
 

@@ -84,7 +84,9 @@ def _rules_dict(rules) -> dict[str, tuple[str, ...]]:
     return table
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh
+) -> PartitionSpec:
     """PartitionSpec for an array of `shape` whose dims have logical `names`.
 
     A dim keeps its mesh axes only if its size divides by their product and no earlier dim
@@ -94,8 +96,10 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, me
     for name, size in zip(names, shape):
         axes = tuple(a for a in table.get(name, ()) if mesh.shape[a] > 1 and a not in used)
         if axes and size % math.prod(mesh.shape[a] for a in axes):
-            _log_once(f"Replicating logical axis {name!r} of size {size}: not divisible by mesh axes "
-                      f"{axes} of size {math.prod(mesh.shape[a] for a in axes)}.")
+            _log_once(
+                f"Replicating logical axis {name!r} of size {size}: not divisible by mesh axes "
+                f"{axes} of size {math.prod(mesh.shape[a] for a in axes)}."
+            )
             axes = ()
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
@@ -186,12 +190,16 @@ class Partitioner:
         per_process = global_batch // jax.process_count()
         return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
-    def place_batch(self, local_batch: dict[str, np.ndarray], global_batch: int) -> dict[str, jax.Array]:
+    def place_batch(
+        self, local_batch: dict[str, np.ndarray], global_batch: int
+    ) -> dict[str, jax.Array]:
         """Assemble each process's rows [B / processes, ...] into global arrays [B, ...]."""
 
         def place(array):
             sharding = self.batch_sharding(array.ndim)
-            return jax.make_array_from_process_local_data(sharding, array, (global_batch,) + array.shape[1:])
+            return jax.make_array_from_process_local_data(
+                sharding, array, (global_batch,) + array.shape[1:]
+            )
 
         return {name: place(array) for name, array in local_batch.items()}
 
@@ -234,5 +242,8 @@ def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
     )
     logging.info(
         "Process %d of %d; %d local and %d global devices.",
-        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
     )

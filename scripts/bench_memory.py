@@ -54,7 +54,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(REPO / "configs" / "shakespeare.py"),
+    "config",
+    str(REPO / "configs" / "shakespeare.py"),
     "Config file; each kind's model comes from its get_config(KIND), then the overrides.",
 )
 _KINDS = flags.DEFINE_list("kinds", list(ATTENTION_KINDS), "Attention kinds to compile.")
@@ -123,8 +124,14 @@ def measure(config, mesh: tuple[int, int, int]) -> dict[str, float]:
     tokens = jax.ShapeDtypeStruct(
         (config.batch_size, config.seq_len), jnp.int32, sharding=partitioner.batch_sharding()
     )
-    step = make_train_step(model_graphdef(cfg), tx, make_schedule(config), partitioner, shardings,
-                           config.grad_accum_steps)
+    step = make_train_step(
+        model_graphdef(cfg),
+        tx,
+        make_schedule(config),
+        partitioner,
+        shardings,
+        config.grad_accum_steps,
+    )
     start = time.perf_counter()
     stats = step.lower(state, {"inputs": tokens, "targets": tokens}).compile().memory_analysis()
     return {
@@ -135,8 +142,10 @@ def measure(config, mesh: tuple[int, int, int]) -> dict[str, float]:
         "aliased": stats.alias_size_in_bytes,
         "temp": stats.temp_size_in_bytes,
         "code": stats.generated_code_size_in_bytes,
-        "peak": stats.argument_size_in_bytes + stats.output_size_in_bytes
-        - stats.alias_size_in_bytes + stats.temp_size_in_bytes,
+        "peak": stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes,
         "compile_s": time.perf_counter() - start,
     }
 
@@ -166,9 +175,11 @@ def main(argv):
         for mesh in meshes:
             results.append((kind, mesh, measure(load_kind_config(kind), mesh)))
     first = load_kind_config(_KINDS.value[0])
-    print(f"JAX {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices; "
-          f"batch {first.batch_size} x {first.seq_len} tokens, grad_accum_steps "
-          f"{first.grad_accum_steps}, model dtype {first.model.dtype}.\n")
+    print(
+        f"JAX {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices; "
+        f"batch {first.batch_size} x {first.seq_len} tokens, grad_accum_steps "
+        f"{first.grad_accum_steps}, model dtype {first.model.dtype}.\n"
+    )
     print("\n".join(table_rows(results)))
 
 

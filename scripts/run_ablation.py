@@ -31,14 +31,18 @@ def main(argv):
     quiet_library_logs()
     sweep = _CONFIG.value
     initialize_distributed(sweep.base.distributed)
-    logging.info("JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend())
+    logging.info(
+        "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
+    )
     try:
         seeds = [int(s) for s in _SEEDS.value]
     except ValueError as err:
         raise app.UsageError(f"--seeds={','.join(_SEEDS.value)} must be integers.") from err
     records = run_sweep(sweep, _WORKDIR.value, _MEMBERS.value, seeds)
-    print(f"{len(records)} runs recorded in {_WORKDIR.value}/results.jsonl. "
-          f"Report: python scripts/make_report.py --workdir={_WORKDIR.value}")
+    print(
+        f"{len(records)} runs recorded in {_WORKDIR.value}/results.jsonl. "
+        f"Report: python scripts/make_report.py --workdir={_WORKDIR.value}"
+    )
 
 
 if __name__ == "__main__":

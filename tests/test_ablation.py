@@ -30,7 +30,11 @@ def tiny_sweep():
 def test_member_config_applies_overrides_and_seed():
     sweep = load_config_module(SHAKESPEARE).get_config()
     config = ablation.member_config(sweep, "gqa_2", 7)
-    assert (config.model.attention, config.model.num_kv_heads, config.model.mlp_dim) == ("gqa", 2, 416)
+    assert (config.model.attention, config.model.num_kv_heads, config.model.mlp_dim) == (
+        "gqa",
+        2,
+        416,
+    )
     assert config.seed == 7
     assert config.num_train_steps == sweep.base.num_train_steps
     noq = ablation.member_config(sweep, "mla_56_noq", 0)
@@ -63,7 +67,10 @@ def test_match_mlp_dim_is_nearest_multiple():
     models = ablation.member_models(sweep)
     target = ablation.num_params(models["mha"]) + 5000
     chosen = ablation.match_mlp_dim(models["mla"], target)
-    gaps = {f: abs(ablation.num_params(models["mla"].replace(mlp_dim=f)) - target) for f in range(64, 264, 8)}
+    gaps = {
+        f: abs(ablation.num_params(models["mla"].replace(mlp_dim=f)) - target)
+        for f in range(64, 264, 8)
+    }
     assert chosen == min(gaps, key=gaps.get)
     with pytest.raises(ConfigError, match="within 2%"):
         ablation.match_mlp_dim(models["mla"], 10_000)  # below the model without an MLP
@@ -83,7 +90,11 @@ def test_results_file_skips_torn_line_and_rejects_duplicates(tmp_path):
 
 def test_resume_with_another_config_is_rejected(tmp_path):
     sweep = tiny_sweep()
-    record = {"member": "mha", "seed": 0, "config": config_dict(ablation.member_config(sweep, "mha", 0))}
+    record = {
+        "member": "mha",
+        "seed": 0,
+        "config": config_dict(ablation.member_config(sweep, "mha", 0)),
+    }
     results.append_record(str(tmp_path / "results.jsonl"), record)
     sweep.base.learning_rate = 1e-3
     with pytest.raises(ValueError, match="learning_rate"):
@@ -97,10 +108,17 @@ def fake_record(member, kind, seed, val, test):
     cfg = ablation.model_config(config)
     elements = 2 * 4 * 16 if kind == "mha" else 32 + 8
     return {
-        "member": member, "seed": seed, "attention": kind, "num_params": ablation.num_params(cfg),
-        "kv_cache_elements_per_token_per_layer": elements, "kv_cache_bytes_per_token": elements * 2 * 4,
-        "kv_cache_dtype": "float32", "val_perplexity": val, "test_perplexity": test,
-        "decode_tokens_per_second": 100.0 + seed, "config": config_dict(config),
+        "member": member,
+        "seed": seed,
+        "attention": kind,
+        "num_params": ablation.num_params(cfg),
+        "kv_cache_elements_per_token_per_layer": elements,
+        "kv_cache_bytes_per_token": elements * 2 * 4,
+        "kv_cache_dtype": "float32",
+        "val_perplexity": val,
+        "test_perplexity": test,
+        "decode_tokens_per_second": 100.0 + seed,
+        "config": config_dict(config),
     }
 
 
@@ -111,8 +129,11 @@ def test_table_statistics_match_hand_computation(tmp_path):
     results.append_record(path, fake_record("mla", "mla", 0, 3.25, 2.5))
     table, _ = write_report(str(tmp_path), Budget(1.0, "bfloat16"))
     assert (tmp_path / "table.md").read_text() == table
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()
-            if line.startswith(("| mha", "| mla"))}
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in table.splitlines()
+        if line.startswith(("| mha", "| mla"))
+    }
     # val: mean 3.5, sample std sqrt((0.25 + 0 + 0.25) / 2) = 0.5.
     # test: mean 2.2, sample std sqrt((0.04 + 0.04 + 0.16) / 2) = sqrt(0.12).
     assert rows["mha"][8] == "3.5000 ± 0.5000"
@@ -132,7 +153,16 @@ def test_mean_std_single_value():
 
 
 def test_pareto_front_of_hand_made_points():
-    points = [(100, 5.0), (50, 6.0), (200, 4.0), (100, 5.5), (300, 4.0), (25, 7.0), (50, 6.0), (400, 3.9)]
+    points = [
+        (100, 5.0),
+        (50, 6.0),
+        (200, 4.0),
+        (100, 5.5),
+        (300, 4.0),
+        (25, 7.0),
+        (50, 6.0),
+        (400, 3.9),
+    ]
     # (100, 5.5) loses to (100, 5.0); (300, 4.0) to (200, 4.0); the two (50, 6.0) tie and both stay.
     assert stats.pareto_front(points) == [5, 1, 6, 0, 2, 7]
 
@@ -142,16 +172,28 @@ def test_max_context_is_budget_over_bytes_per_token(gib, dtype, batch):
     records = [fake_record("mha", "mha", 0, 3.0, 3.0), fake_record("mla", "mla", 0, 3.0, 3.0)]
     budget, width = int(gib * 2**30), {"bfloat16": 2, "float32": 4}[dtype]
     # Tiny sizes, by hand: 2 layers; MHA caches 2 x 4 heads x 16, MLA latent 32 + RoPE key 8.
-    expected = {"mha": budget // (2 * 4 * 16 * 2 * width * batch), "mla": budget // ((32 + 8) * 2 * width * batch)}
+    expected = {
+        "mha": budget // (2 * 4 * 16 * 2 * width * batch),
+        "mla": budget // ((32 + 8) * 2 * width * batch),
+    }
     for summary in stats.summarize(records):
-        got = stats.max_context_tokens(Budget(gib, dtype).nbytes, stats.bytes_per_token_at(summary, dtype), batch)
+        got = stats.max_context_tokens(
+            Budget(gib, dtype).nbytes, stats.bytes_per_token_at(summary, dtype), batch
+        )
         assert got == expected[summary.member]
 
 
 def sweep_command(workdir):
-    return [sys.executable, str(REPO / "scripts" / "run_ablation.py"), f"--config={TINY}",
-            f"--workdir={workdir}", "--seeds=0", "--config.base.num_train_steps=6",
-            "--config.base.checkpoint_every=3", "--config.base.log_every=1"]
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "run_ablation.py"),
+        f"--config={TINY}",
+        f"--workdir={workdir}",
+        "--seeds=0",
+        "--config.base.num_train_steps=6",
+        "--config.base.checkpoint_every=3",
+        "--config.base.log_every=1",
+    ]
 
 
 def sweep_env():
@@ -162,8 +204,13 @@ def sweep_env():
 
 def start_and_kill(workdir) -> None:
     """Start the sweep and SIGKILL it once the second run (mla) has saved a checkpoint."""
-    proc = subprocess.Popen(sweep_command(workdir), env=sweep_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sweep_command(workdir),
+        env=sweep_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoints = workdir / "runs" / "mla" / "seed_0" / "checkpoints"
     deadline = time.monotonic() + 300
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -179,10 +226,20 @@ def test_sweep_killed_and_resumed_end_to_end(tmp_path):
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["member"] for line in lines] == ["mha"]
     mha_eval = tmp_path / "runs" / "mha" / "seed_0" / "eval.json"
-    mha_mtime, mla_finished = mha_eval.stat().st_mtime_ns, (tmp_path / "runs/mla/seed_0/eval.json").exists()
+    mha_mtime, mla_finished = (
+        mha_eval.stat().st_mtime_ns,
+        (tmp_path / "runs/mla/seed_0/eval.json").exists(),
+    )
 
-    resumed = subprocess.run(sweep_command(tmp_path), env=sweep_env(), cwd=REPO, check=False,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        sweep_command(tmp_path),
+        env=sweep_env(),
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[1/2] mha seed 0: finished earlier, skipped." in resumed.stderr
     if not mla_finished:
@@ -221,14 +278,17 @@ def check_rerun_repeats_nothing(workdir, records, mla_metrics):
     assert again[1]["val_perplexity"] == records[1]["val_perplexity"]
     assert mla_eval.stat().st_mtime_ns == mla_mtime
     assert len(results.read_records(str(workdir / "results.jsonl"))) == 2
-    assert (workdir / "runs" / "mla" / "seed_0" / "metrics.jsonl").read_text().splitlines() == mla_metrics
+    assert (
+        workdir / "runs" / "mla" / "seed_0" / "metrics.jsonl"
+    ).read_text().splitlines() == mla_metrics
 
 
 def check_report_files(workdir):
     """Run make_report.py on the sweep and check the table rows and both plot files."""
     command = [sys.executable, str(REPO / "scripts" / "make_report.py"), f"--workdir={workdir}"]
-    report = subprocess.run(command, env=sweep_env(), cwd=REPO, check=False,
-                            capture_output=True, text=True, timeout=120)
+    report = subprocess.run(
+        command, env=sweep_env(), cwd=REPO, check=False, capture_output=True, text=True, timeout=120
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     table = (workdir / "table.md").read_text()
     assert "| mha | mha |" in table

@@ -12,7 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def cache_table():
-    spec = importlib.util.spec_from_file_location("cache_table", os.path.join(ROOT, "scripts", "cache_table.py"))
+    spec = importlib.util.spec_from_file_location(
+        "cache_table", os.path.join(ROOT, "scripts", "cache_table.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +28,13 @@ def test_deepseek_v2_caches_576_elements_against_32768(cache_table):
 
 @pytest.mark.parametrize(
     "name, elements",
-    [("DeepSeek-V2-Lite", 576), ("DeepSeek-V3", 576), ("Llama-2-7B", 8192), ("Llama-3-8B", 2048), ("Mistral-7B", 2048)],
+    [
+        ("DeepSeek-V2-Lite", 576),
+        ("DeepSeek-V3", 576),
+        ("Llama-2-7B", 8192),
+        ("Llama-3-8B", 2048),
+        ("Mistral-7B", 2048),
+    ],
 )
 def test_published_models_elements(cache_table, name, elements):
     assert kv_cache_elements_per_token_per_layer(cache_table.published_models()[name]) == elements
@@ -41,7 +49,9 @@ def test_table_lists_every_project_config(cache_table):
     configs_dir = os.path.join(ROOT, "configs")
     models = cache_table.project_models(configs_dir)
     files = [f for f in os.listdir(configs_dir) if f.endswith(".py")]
-    with_get_config = [f for f in files if "def get_config" in open(os.path.join(configs_dir, f)).read()]
+    with_get_config = [
+        f for f in files if "def get_config" in open(os.path.join(configs_dir, f)).read()
+    ]
     assert len(models) == 4 * len(with_get_config)
     table = cache_table.markdown_table(models)
     assert all(f"| {name} |" in table for name in models)

@@ -17,7 +17,13 @@ def expected_params(cfg) -> int:
     """Parameter count from the architecture, written out by hand."""
     d, v, f = cfg.d_model, cfg.padded_vocab_size, cfg.mlp_dim
     if cfg.attention == "mla":
-        n, c, dn, dr, dv = cfg.num_heads, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        n, c, dn, dr, dv = (
+            cfg.num_heads,
+            cfg.kv_lora_rank,
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+        )
         if cfg.q_lora_rank is None:
             query = d * n * (dn + dr)
         else:
@@ -70,8 +76,14 @@ def test_config_file_builds_model_abstractly(path, name):
         # Sweep members are parameter-matched to the reference (MHA) member within 2%.
         sweep = load_config_module(path).get_config()
         assert len(sweep.seeds) >= 3
-        reference = expected_params(model_config_from(experiment_config(path, sweep.reference).model, 258))
-        assert abs(expected_params(cfg) - reference) <= 0.02 * reference, (name, expected_params(cfg), reference)
+        reference = expected_params(
+            model_config_from(experiment_config(path, sweep.reference).model, 258)
+        )
+        assert abs(expected_params(cfg) - reference) <= 0.02 * reference, (
+            name,
+            expected_params(cfg),
+            reference,
+        )
 
 
 @pytest.mark.parametrize("tie,q_lora", [(False, None), (True, 48)])
@@ -80,7 +92,9 @@ def test_param_count_untied_and_query_variants(tiny_config, tie, q_lora):
     config.model.tie_embeddings = tie
     config.model.q_lora_rank = q_lora
     cfg = model_config_from(config.model, 258)
-    assert count_params(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))) == expected_params(cfg)
+    assert count_params(
+        nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    ) == expected_params(cfg)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +111,13 @@ def test_kv_cache_figures(tiny_config, kind, elements):
 def test_deepseek_v2_cache_is_576_per_layer():
     config = C.base_config()
     m = config.model
-    m.attention, m.num_layers, m.num_heads, m.kv_lora_rank, m.qk_rope_head_dim = "mla", 60, 128, 512, 64
+    m.attention, m.num_layers, m.num_heads, m.kv_lora_rank, m.qk_rope_head_dim = (
+        "mla",
+        60,
+        128,
+        512,
+        64,
+    )
     m.qk_nope_head_dim, m.v_head_dim, m.q_lora_rank, m.d_model = 128, 128, 1536, 5120
     assert C.kv_cache_elements_per_token_per_layer(model_config_from(m, 102400)) == 576
     m.attention, m.head_dim = "mha", 128
@@ -130,8 +150,14 @@ def test_kv_heads_contradicting_kind(tiny_config, kind, kv_heads):
 
 @pytest.mark.parametrize(
     "kind,field,value",
-    [("mla", "kv_lora_rank", 0), ("mla", "qk_nope_head_dim", -4), ("mla", "q_lora_rank", 0),
-     ("mha", "head_dim", 0), ("mha", "num_layers", 0), ("mla", "d_model", -1)],
+    [
+        ("mla", "kv_lora_rank", 0),
+        ("mla", "qk_nope_head_dim", -4),
+        ("mla", "q_lora_rank", 0),
+        ("mha", "head_dim", 0),
+        ("mha", "num_layers", 0),
+        ("mla", "d_model", -1),
+    ],
 )
 def test_non_positive_sizes(tiny_config, kind, field, value):
     assert f"{field}={value}" in model_error(tiny_config, kind, **{field: value})
@@ -148,7 +174,9 @@ def test_unknown_attention_kind(tiny_config):
     assert "'linear'" in message and "mha" in message
 
 
-@pytest.mark.parametrize("field,value", [("dtype", "float16"), ("cache_dtype", "int8"), ("mla_decode", "fast")])
+@pytest.mark.parametrize(
+    "field,value", [("dtype", "float16"), ("cache_dtype", "int8"), ("mla_decode", "fast")]
+)
 def test_unsupported_choices(tiny_config, field, value):
     assert repr(value) in model_error(tiny_config, "mla", **{field: value})
 
@@ -167,8 +195,12 @@ def test_vocab_smaller_than_tokenizer(tiny_config):
 
 @pytest.mark.parametrize(
     "field,value,needle",
-    [("seq_len", 256, "max_seq_len=128"), ("learning_rate", -1e-3, "learning_rate=-0.001"),
-     ("warmup_steps", 50, "warmup_steps=50"), ("batch_size", 0, "batch_size=0")],
+    [
+        ("seq_len", 256, "max_seq_len=128"),
+        ("learning_rate", -1e-3, "learning_rate=-0.001"),
+        ("warmup_steps", 50, "warmup_steps=50"),
+        ("batch_size", 0, "batch_size=0"),
+    ],
 )
 def test_experiment_errors(tiny_config, field, value, needle):
     config = tiny_config("mla")

@@ -46,10 +46,25 @@ CACHE_LEN = 40  # longer than any case needs, so never-written slots are present
 
 def tiny_config(**overrides) -> ModelConfig:
     fields = dict(
-        vocab_size=VOCAB, attention="mha", num_layers=2, d_model=64, num_heads=4, num_kv_heads=4,
-        head_dim=16, mlp_dim=128, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16,
-        qk_rope_head_dim=8, v_head_dim=16, max_seq_len=64, tie_embeddings=True,
-        rope_theta=10000.0, norm_eps=1e-6, dtype="float32", cache_dtype="float32",
+        vocab_size=VOCAB,
+        attention="mha",
+        num_layers=2,
+        d_model=64,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=16,
+        mlp_dim=128,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        max_seq_len=64,
+        tie_embeddings=True,
+        rope_theta=10000.0,
+        norm_eps=1e-6,
+        dtype="float32",
+        cache_dtype="float32",
         mla_decode="absorbed",
     )
     fields.update(overrides)
@@ -240,7 +255,9 @@ def test_stop_token_ends_rows():
             np.testing.assert_array_equal(stopped.tokens[row], free.tokens[row])
         else:
             assert stopped.lengths[row] == index + 1
-            np.testing.assert_array_equal(stopped.tokens[row, : index + 1], free.tokens[row, : index + 1])
+            np.testing.assert_array_equal(
+                stopped.tokens[row, : index + 1], free.tokens[row, : index + 1]
+            )
             assert np.all(stopped.tokens[row, index:] == stop)
     assert first_stop[0] <= 2
 
@@ -263,8 +280,16 @@ def test_top_k_of_one_is_greedy():
 @pytest.mark.parametrize(
     "prompts, kwargs, message",
     [
-        (PROMPTS, dict(cache_len=20), r"12 tokens\) plus max_new_tokens=10 needs 22 positions, more than the cache length \(20\)"),
-        ([np.zeros(60, np.int32)], dict(cache_len=None), r"needs 70 positions, more than config.model.max_seq_len=64"),
+        (
+            PROMPTS,
+            dict(cache_len=20),
+            r"12 tokens\) plus max_new_tokens=10 needs 22 positions, more than the cache length \(20\)",
+        ),
+        (
+            [np.zeros(60, np.int32)],
+            dict(cache_len=None),
+            r"needs 70 positions, more than config.model.max_seq_len=64",
+        ),
         (PROMPTS, dict(cache_len=65), r"cache_len=65 exceeds config.model.max_seq_len=64"),
         ([TOKENS[0, :3], []], {}, r"Prompt 1 is empty"),
         ([[1, 2, VOCAB]], {}, r"outside the vocabulary \[0, 258\)"),
@@ -295,9 +320,7 @@ SAMPLE_LOGITS[:, 5:] = -1e30
 def draw_counts(temperature: float, top_k: int, top_p: float, draws: int = 4000) -> np.ndarray:
     """How often each id comes up in `draws` independent samples."""
     logits = jnp.broadcast_to(jnp.asarray(SAMPLE_LOGITS), (draws, SAMPLE_LOGITS.shape[1]))
-    params = decoding.SamplingParams(
-        jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)
-    )
+    params = decoding.SamplingParams(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
     ids = jax.jit(decoding.sample_tokens)(logits, jax.random.key(0), params)
     return np.bincount(np.asarray(ids), minlength=SAMPLE_LOGITS.shape[1])
 

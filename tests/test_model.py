@@ -27,7 +27,9 @@ def ref_rope(x, positions, theta):
     angle = positions[:, None] * freqs[None, :]
     angle = angle.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (half,))
     a, b = x[..., :half], x[..., half:]
-    return np.concatenate([a * np.cos(angle) - b * np.sin(angle), b * np.cos(angle) + a * np.sin(angle)], -1)
+    return np.concatenate(
+        [a * np.cos(angle) - b * np.sin(angle), b * np.cos(angle) + a * np.sin(angle)], -1
+    )
 
 
 def ref_rms_norm(x, scale, eps):

@@ -21,9 +21,15 @@ def free_port() -> int:
 
 def train_command(workdir, *flags):
     return [
-        sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}:gqa",
-        f"--workdir={workdir}", f"--config.num_train_steps={STEPS}", "--config.log_every=1",
-        "--config.eval_every=0", "--config.checkpoint_every=0", *flags,
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO / 'configs' / 'tiny.py'}:gqa",
+        f"--workdir={workdir}",
+        f"--config.num_train_steps={STEPS}",
+        "--config.log_every=1",
+        "--config.eval_every=0",
+        "--config.checkpoint_every=0",
+        *flags,
     ]
 
 
@@ -44,17 +50,31 @@ def test_two_processes_match_one(tmp_path):
     workers = [
         subprocess.Popen(
             train_command(
-                shared, "--config.distributed.initialize=True",
+                shared,
+                "--config.distributed.initialize=True",
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                "--config.distributed.num_processes=2", f"--config.distributed.process_id={rank}",
-                "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={rank}",
+                "--config.mesh.data=2",
+                "--config.mesh.fsdp=2",
+                "--config.mesh.tensor=2",
             ),
-            env=environment(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=environment(4),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in range(2)
     ]
-    single = subprocess.run(train_command(tmp_path / "one_process"), env=environment(1), cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        train_command(tmp_path / "one_process"),
+        env=environment(1),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     for rank, (worker, output) in enumerate(zip(workers, outputs)):
         assert worker.returncode == 0, f"process {rank}:\n{output[-3000:]}"

@@ -1,7 +1,6 @@
 """Training on device meshes equals training on one device; specs, init and restore across meshes."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -46,8 +45,14 @@ def run_steps(config, shape, batches, num_steps=NUM_STEPS):
     tx = make_optimizer(config)
     state = create_train_state(cfg, tx, config.seed, partitioner)
     shardings = train_state_shardings(cfg, tx, partitioner)
-    step_fn = make_train_step(model_graphdef(cfg), tx, make_schedule(config), partitioner, shardings,
-                              config.grad_accum_steps)
+    step_fn = make_train_step(
+        model_graphdef(cfg),
+        tx,
+        make_schedule(config),
+        partitioner,
+        shardings,
+        config.grad_accum_steps,
+    )
     losses = []
     for step in range(num_steps):
         batch = partitioner.place_batch(batches.batch_at(step), config.batch_size)
@@ -108,8 +113,9 @@ def test_param_specs_follow_rules(tiny_config, kind, path, spec):
 
 def test_gqa_kv_heads_replicated_when_tensor_exceeds_them(tiny_config):
     config = with_mesh(tiny_config("gqa"), (1, 2, 4))  # 2 KV heads, tensor axis of 4
-    state = create_train_state(model_config_from(config.model, 258), make_optimizer(config), 0,
-                               make_partitioner(config))
+    state = create_train_state(
+        model_config_from(config.model, 258), make_optimizer(config), 0, make_partitioner(config)
+    )
     assert spec_of(state, "blocks", 0, "attention", "w_k") == P("fsdp", None, None)
     assert spec_of(state, "blocks", 0, "attention", "w_q") == P("fsdp", "tensor", None)
 
@@ -117,9 +123,13 @@ def test_gqa_kv_heads_replicated_when_tensor_exceeds_them(tiny_config):
 def test_same_seed_same_init_on_any_mesh(tiny_config):
     config = tiny_config("mla")
     cfg, tx = model_config_from(config.model, 258), make_optimizer(config)
-    reference = jax.device_get(create_train_state(cfg, tx, 7, partitioner_for(config, (1, 1, 1))).params)
+    reference = jax.device_get(
+        create_train_state(cfg, tx, 7, partitioner_for(config, (1, 1, 1))).params
+    )
     for shape in ((2, 2, 2), (1, 2, 4)):
-        params = jax.device_get(create_train_state(cfg, tx, 7, partitioner_for(config, shape)).params)
+        params = jax.device_get(
+            create_train_state(cfg, tx, 7, partitioner_for(config, shape)).params
+        )
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
             np.testing.assert_array_equal(a, b)
 
@@ -130,8 +140,10 @@ def test_grad_accumulation_matches_plain_step(tiny_config, batches, single_devic
     losses, state, _ = run_steps(config, (2, 2, 2), batches)
     reference, reference_state, _ = single_device_runs["mla"]
     np.testing.assert_allclose(losses, reference, atol=1e-5, rtol=0)
-    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)),
-                    jax.tree.leaves(jax.device_get(reference_state.params))):
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(state.params)),
+        jax.tree.leaves(jax.device_get(reference_state.params)),
+    ):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -144,7 +156,9 @@ def test_checkpoint_restores_on_another_mesh(tiny_config, batches, tmp_path, sou
     checkpoints.save(manager, state, cfg)
     manager.wait_until_finished()
     partitioner = partitioner_for(config, target)
-    restored = checkpoints.restore(manager, checkpoints.sharded_abstract_state(cfg, tx, partitioner), cfg)
+    restored = checkpoints.restore(
+        manager, checkpoints.sharded_abstract_state(cfg, tx, partitioner), cfg
+    )
     manager.close()
     assert int(restored.step) == 1
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
@@ -168,7 +182,9 @@ def test_mesh_shape_errors(tiny_config, shape, needle):
 
 def test_heads_not_divisible_by_tensor(tiny_config):
     config = with_mesh(tiny_config("mla"), (1, 1, 8))  # 4 heads
-    with pytest.raises(ShardingError, match="num_heads=4 is not divisible by the tensor axis size 8"):
+    with pytest.raises(
+        ShardingError, match="num_heads=4 is not divisible by the tensor axis size 8"
+    ):
         make_partitioner(config)
 
 
@@ -189,7 +205,9 @@ def test_cached_decoding_on_mesh_matches_one_device(tiny_config, batches, kind):
     cfg = model_config_from(config.model, 258)
     _, state, _ = run_steps(config, (2, 2, 2), batches, num_steps=1)
     sharded = nnx.merge(graphdef_of(cfg), state.params)
-    single = nnx.merge(graphdef_of(cfg), jax.device_put(jax.device_get(state.params), jax.devices()[0]))
+    single = nnx.merge(
+        graphdef_of(cfg), jax.device_put(jax.device_get(state.params), jax.devices()[0])
+    )
     assert len(state.params["embedding"]["table"].get_value().sharding.device_set) == 8
     batch = batches.batch_at(5)
     got = np.asarray(cached_token_losses(sharded, batch["inputs"][:4], batch["targets"][:4]))

@@ -69,8 +69,15 @@ def run_script(name, args, fake_gcloud, cwd=None, timeout=60, **settings):
     """Run scripts/tpu/NAME with only the given TPU_* settings in its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TPU_", "FAKE_GCLOUD_"))}
     env.update(fake_gcloud, **settings)
-    return subprocess.run(["bash", str(SCRIPTS / name), *args], check=False, capture_output=True,
-                          text=True, env=env, cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / name), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 def gcloud_calls(fake_gcloud):
@@ -83,37 +90,62 @@ def gcloud_calls(fake_gcloud):
 
 BASE = ["--name", "my-tpu", "--zone", "us-central2-b", "--project", "my-project", "--dry-run"]
 EXPECTED = {
-    "create.sh": (["--accelerator-type", "v4-8"], [
-        ("gcloud compute tpus tpu-vm create my-tpu --accelerator-type=v4-8"
-         " --version=tpu-ubuntu2204-base --zone=us-central2-b --project=my-project"),
-    ]),
-    "install.sh": ([], [
-        "gcloud compute tpus tpu-vm scp /",
-        "my-tpu:mla-jax-my-tpu.tar.gz --worker=all",
-        "gcloud compute tpus tpu-vm ssh my-tpu --worker=all",
-        f'pip install --python .venv/bin/python "jax[tpu]=={JAX_VERSION}"',
-        "-r .venv/requirements-without-jax.txt -c .venv/jax-constraints.txt", "--no-deps -e .",
-    ]),
-    "launch.sh": (["--", "--config.num_train_steps=100"], [
-        "gcloud compute tpus tpu-vm ssh my-tpu --worker=all",
-        (".venv/bin/python train.py --config=configs/tpu_small.py:mla --workdir=runs/my-tpu"
-         " --config.distributed.initialize=True --config.num_train_steps=100"),
-        ".venv/bin/python eval.py --config=configs/tpu_small.py:mla",
-        "> runs/my-tpu/run.log",
-    ]),
-    "fetch.sh": ([], [
-        ("gcloud compute tpus tpu-vm scp my-tpu:mla-jax/runs/my-tpu/eval.json"
-         " tpu-results/my-tpu/ --worker=0"),
-        "my-tpu:mla-jax/runs/my-tpu/metrics.jsonl",
-        "scp --recurse my-tpu:mla-jax/runs/my-tpu/tensorboard tpu-results/my-tpu/",
-    ]),
-    "logs.sh": ([], [
-        "gcloud compute tpus tpu-vm ssh my-tpu --worker=0",
-        "tail -n 100 mla-jax/runs/my-tpu/run.log",
-    ]),
-    "delete.sh": ([], [
-        "gcloud compute tpus tpu-vm delete my-tpu --zone=us-central2-b --project=my-project",
-    ]),
+    "create.sh": (
+        ["--accelerator-type", "v4-8"],
+        [
+            (
+                "gcloud compute tpus tpu-vm create my-tpu --accelerator-type=v4-8"
+                " --version=tpu-ubuntu2204-base --zone=us-central2-b --project=my-project"
+            ),
+        ],
+    ),
+    "install.sh": (
+        [],
+        [
+            "gcloud compute tpus tpu-vm scp /",
+            "my-tpu:mla-jax-my-tpu.tar.gz --worker=all",
+            "gcloud compute tpus tpu-vm ssh my-tpu --worker=all",
+            f'pip install --python .venv/bin/python "jax[tpu]=={JAX_VERSION}"',
+            "-r .venv/requirements-without-jax.txt -c .venv/jax-constraints.txt",
+            "--no-deps -e .",
+        ],
+    ),
+    "launch.sh": (
+        ["--", "--config.num_train_steps=100"],
+        [
+            "gcloud compute tpus tpu-vm ssh my-tpu --worker=all",
+            (
+                ".venv/bin/python train.py --config=configs/tpu_small.py:mla --workdir=runs/my-tpu"
+                " --config.distributed.initialize=True --config.num_train_steps=100"
+            ),
+            ".venv/bin/python eval.py --config=configs/tpu_small.py:mla",
+            "> runs/my-tpu/run.log",
+        ],
+    ),
+    "fetch.sh": (
+        [],
+        [
+            (
+                "gcloud compute tpus tpu-vm scp my-tpu:mla-jax/runs/my-tpu/eval.json"
+                " tpu-results/my-tpu/ --worker=0"
+            ),
+            "my-tpu:mla-jax/runs/my-tpu/metrics.jsonl",
+            "scp --recurse my-tpu:mla-jax/runs/my-tpu/tensorboard tpu-results/my-tpu/",
+        ],
+    ),
+    "logs.sh": (
+        [],
+        [
+            "gcloud compute tpus tpu-vm ssh my-tpu --worker=0",
+            "tail -n 100 mla-jax/runs/my-tpu/run.log",
+        ],
+    ),
+    "delete.sh": (
+        [],
+        [
+            "gcloud compute tpus tpu-vm delete my-tpu --zone=us-central2-b --project=my-project",
+        ],
+    ),
 }
 
 
@@ -127,35 +159,45 @@ def test_dry_run_prints_commands(script, fake_gcloud):
     assert gcloud_calls(fake_gcloud) == []
     # Every printed line is one valid shell command, and so is each remote command in it.
     for line in result.stdout.splitlines():
-        remote = [w[len("--command="):] for w in shlex.split(line) if w.startswith("--command=")]
+        remote = [w[len("--command=") :] for w in shlex.split(line) if w.startswith("--command=")]
         for command in [line, *remote]:
-            check = subprocess.run(["bash", "-n", "-c", command], check=False, capture_output=True,
-                                   text=True)
+            check = subprocess.run(
+                ["bash", "-n", "-c", command], check=False, capture_output=True, text=True
+            )
             assert check.returncode == 0, check.stderr
 
 
 def test_flags_override_environment(fake_gcloud):
-    settings = {"TPU_NAME": "env-tpu", "TPU_ZONE": "us-west4-a",
-                "TPU_ACCELERATOR_TYPE": "v5litepod-8", "TPU_DRY_RUN": "1"}
+    settings = {
+        "TPU_NAME": "env-tpu",
+        "TPU_ZONE": "us-west4-a",
+        "TPU_ACCELERATOR_TYPE": "v5litepod-8",
+        "TPU_DRY_RUN": "1",
+    }
     result = run_script("create.sh", ["--spot"], fake_gcloud, **settings)
     assert result.returncode == 0, result.stderr
-    assert ("gcloud compute tpus tpu-vm create env-tpu --accelerator-type=v5litepod-8 "
-            "--version=v2-alpha-tpuv5-lite --spot --zone=us-west4-a") in result.stdout
+    assert (
+        "gcloud compute tpus tpu-vm create env-tpu --accelerator-type=v5litepod-8 "
+        "--version=v2-alpha-tpuv5-lite --spot --zone=us-west4-a"
+    ) in result.stdout
     args = ["--name=flag-tpu", "--runtime-version", "custom", "--", "--labels=a=b"]
     result = run_script("create.sh", args, fake_gcloud, **settings)
     expected = "create flag-tpu --accelerator-type=v5litepod-8 --version=custom --labels=a=b"
     assert expected in result.stdout
 
 
-@pytest.mark.parametrize("script,args,variable,flag", [
-    ("create.sh", ["--zone", "z", "--accelerator-type", "v4-8"], "TPU_NAME", "--name"),
-    ("create.sh", ["--name", "n", "--zone", "z"], "TPU_ACCELERATOR_TYPE", "--accelerator-type"),
-    ("install.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
-    ("launch.sh", ["--zone", "z"], "TPU_NAME", "--name"),
-    ("fetch.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
-    ("logs.sh", ["--zone", "z"], "TPU_NAME", "--name"),
-    ("delete.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
-])
+@pytest.mark.parametrize(
+    "script,args,variable,flag",
+    [
+        ("create.sh", ["--zone", "z", "--accelerator-type", "v4-8"], "TPU_NAME", "--name"),
+        ("create.sh", ["--name", "n", "--zone", "z"], "TPU_ACCELERATOR_TYPE", "--accelerator-type"),
+        ("install.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
+        ("launch.sh", ["--zone", "z"], "TPU_NAME", "--name"),
+        ("fetch.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
+        ("logs.sh", ["--zone", "z"], "TPU_NAME", "--name"),
+        ("delete.sh", ["--name", "n"], "TPU_ZONE", "--zone"),
+    ],
+)
 def test_missing_setting_names_variable(script, args, variable, flag, fake_gcloud):
     result = run_script(script, args + ["--dry-run"], fake_gcloud)
     assert result.returncode == 2
@@ -164,12 +206,15 @@ def test_missing_setting_names_variable(script, args, variable, flag, fake_gclou
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("script,args,needle", [
-    ("create.sh", ["--accelerator-type", "v3-8"], "TPU_RUNTIME_VERSION"),
-    ("delete.sh", ["--spot"], "does not take '--spot'"),
-    ("launch.sh", ["--workdir", "gs://bucket/run"], "gs://"),
-    ("launch.sh", ["--config"], "--config needs a value"),
-])
+@pytest.mark.parametrize(
+    "script,args,needle",
+    [
+        ("create.sh", ["--accelerator-type", "v3-8"], "TPU_RUNTIME_VERSION"),
+        ("delete.sh", ["--spot"], "does not take '--spot'"),
+        ("launch.sh", ["--workdir", "gs://bucket/run"], "gs://"),
+        ("launch.sh", ["--config"], "--config needs a value"),
+    ],
+)
 def test_invalid_settings_fail_early(script, args, needle, fake_gcloud):
     result = run_script(script, ["--name", "n", "--zone", "z", "--dry-run"] + args, fake_gcloud)
     assert result.returncode == 2
@@ -180,16 +225,26 @@ def test_invalid_settings_fail_early(script, args, needle, fake_gcloud):
 def test_install_copies_checkout(tmp_path, fake_gcloud):
     home = tmp_path / "worker"
     home.mkdir()
-    result = run_script("install.sh", ["--name", "my-tpu", "--zone", "z"], fake_gcloud,
-                        FAKE_GCLOUD_HOME=str(home), TMPDIR=str(tmp_path))
+    result = run_script(
+        "install.sh",
+        ["--name", "my-tpu", "--zone", "z"],
+        fake_gcloud,
+        FAKE_GCLOUD_HOME=str(home),
+        TMPDIR=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     calls = gcloud_calls(fake_gcloud)
     assert [call[3] for call in calls] == ["scp", "ssh"]
     assert all("--worker=all" in call for call in calls)
     with tarfile.open(home / "mla-jax-my-tpu.tar.gz") as archive:
         names = set(archive.getnames())
-    expected = {"train.py", "eval.py", "requirements.txt", "configs/tpu_small.py",
-                "scripts/tpu/common.sh"}
+    expected = {
+        "train.py",
+        "eval.py",
+        "requirements.txt",
+        "configs/tpu_small.py",
+        "scripts/tpu/common.sh",
+    }
     assert expected <= names
     assert not any(name.startswith((".venv/", "runs/", ".git/")) for name in names)
     assert not (tmp_path / "mla-jax-my-tpu.tar.gz").exists()  # the local archive is removed
@@ -216,13 +271,20 @@ def wait_until(condition, seconds: float) -> bool:
 
 def training_runs() -> bool:
     pattern = "^[.]venv/bin/python train[.]py"
-    return subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True).returncode == 0
+    return (
+        subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True).returncode == 0
+    )
 
 
 def test_launch_and_fetch_on_fake_worker(tmp_path, fake_gcloud):
     home, project = fake_worker(tmp_path)
-    settings = {"TPU_NAME": "my-tpu", "TPU_ZONE": "z", "TPU_CONFIG": "configs/tiny.py:mla",
-                "FAKE_GCLOUD_HOME": str(home), "FAKE_GCLOUD_RUN_SSH": "1"}
+    settings = {
+        "TPU_NAME": "my-tpu",
+        "TPU_ZONE": "z",
+        "TPU_CONFIG": "configs/tiny.py:mla",
+        "FAKE_GCLOUD_HOME": str(home),
+        "FAKE_GCLOUD_RUN_SSH": "1",
+    }
     # Cloud TPU finds its coordinator itself; here a single process must not look for one.
     overrides = ["--", "--config.num_train_steps=4", "--config.distributed.initialize=False"]
     result = run_script("launch.sh", ["--offline"] + overrides, fake_gcloud, **settings)

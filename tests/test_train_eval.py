@@ -31,7 +31,12 @@ def read_jsonl(path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_short_training_lowers_loss(tiny_config, tmp_path, kind):
     config = tiny_config(kind)
-    config.num_train_steps, config.log_every, config.eval_every, config.checkpoint_every = 30, 1, 0, 0
+    config.num_train_steps, config.log_every, config.eval_every, config.checkpoint_every = (
+        30,
+        1,
+        0,
+        0,
+    )
     train(config, str(tmp_path))
     records = read_jsonl(tmp_path / "metrics.jsonl")
     losses = [r["loss"] for r in records]
@@ -75,7 +80,9 @@ def test_perplexity_excludes_padding(scored_model):
 def test_zero_logits_give_vocabulary_size(scored_model):
     graphdef, params, loss_fn, stream = scored_model
     zeros = jax.tree.map(jnp.zeros_like, params)  # tied embedding of zeros: every logit is 0
-    scores = evaluation.score_windows(loss_fn, zeros, data.eval_windows(stream[:2000], 64), batch_size=8)
+    scores = evaluation.score_windows(
+        loss_fn, zeros, data.eval_windows(stream[:2000], 64), batch_size=8
+    )
     np.testing.assert_allclose(scores["perplexity"], 258.0, rtol=1e-6)
 
 
@@ -98,8 +105,13 @@ def test_unigram_baseline_matches_counts():
 
 
 def run_cli(script, workdir, *flags, kind="mha"):
-    cmd = [sys.executable, str(REPO / script), f"--config={REPO / 'configs' / 'tiny.py'}:{kind}",
-           f"--workdir={workdir}", *flags]
+    cmd = [
+        sys.executable,
+        str(REPO / script),
+        f"--config={REPO / 'configs' / 'tiny.py'}:{kind}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
@@ -145,8 +157,10 @@ def test_checkpoint_from_another_model(tiny_config, tmp_path):
 
 @pytest.mark.parametrize(
     "field,value,error,needle",
-    [("source", "wiki", ValueError, "wiki"),
-     ("train_files", "/nonexistent/*.txt", FileNotFoundError, "/nonexistent/*.txt")],
+    [
+        ("source", "wiki", ValueError, "wiki"),
+        ("train_files", "/nonexistent/*.txt", FileNotFoundError, "/nonexistent/*.txt"),
+    ],
 )
 def test_data_errors_before_training(tiny_config, tmp_path, field, value, error, needle):
     config = tiny_config("mla")

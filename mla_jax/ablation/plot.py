@@ -28,17 +28,29 @@ def plot_pareto(summaries: Sequence[MemberSummary], paths: Sequence[str]) -> Non
         if not members:
             continue
         ax.errorbar(
-            [xs[i] for i in members], [ys[i] for i in members],
+            [xs[i] for i in members],
+            [ys[i] for i in members],
             yerr=[summaries[i].val_perplexity[1] or 0.0 for i in members],
-            fmt=marker, color=COLORS[kind], capsize=3, label=kind.upper(),
+            fmt=marker,
+            color=COLORS[kind],
+            capsize=3,
+            label=kind.upper(),
         )
 
     for x, y, s in zip(xs, ys, summaries):
         ax.annotate(s.member, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     front = pareto_front(list(zip(xs, ys)))
     # Rings mark the frontier's members, so a frontier of one point still shows.
-    ax.plot([xs[i] for i in front], [ys[i] for i in front], "--o", color="gray", markersize=13,
-            markerfacecolor="none", drawstyle="steps-post", label="Pareto frontier")
+    ax.plot(
+        [xs[i] for i in front],
+        [ys[i] for i in front],
+        "--o",
+        color="gray",
+        markersize=13,
+        markerfacecolor="none",
+        drawstyle="steps-post",
+        label="Pareto frontier",
+    )
 
     ax.set_xscale("log")
     dtype = summaries[0].cache_dtype if summaries else "?"

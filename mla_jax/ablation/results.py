@@ -50,7 +50,9 @@ def read_records(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                logging.warning("Skipping line %d of %s: not complete JSON (a torn write).", number, path)
+                logging.warning(
+                    "Skipping line %d of %s: not complete JSON (a torn write).", number, path
+                )
     return records
 
 

@@ -63,7 +63,9 @@ def run_plan(sweep: ml_collections.ConfigDict, members=None, seeds=None) -> list
     return [(member, seed) for seed in seeds for member in members]
 
 
-def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, members=None, seeds=None) -> list[dict]:
+def run_sweep(
+    sweep: ml_collections.ConfigDict, workdir: str, members=None, seeds=None
+) -> list[dict]:
     """Run every (member, seed) of the plan that results.jsonl lacks, and return the plan's records."""
     plan = run_plan(sweep, members, seeds)
     os.makedirs(workdir, exist_ok=True)
@@ -73,7 +75,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, members=None, seed
         tag = f"[{index}/{len(plan)}] {member} seed {seed}"
         config = member_config(sweep, member, seed)
         if (member, seed) in done:
-            check_same_config(done[member, seed]["config"], config, f"the results line of {member} seed {seed}")
+            check_same_config(
+                done[member, seed]["config"], config, f"the results line of {member} seed {seed}"
+            )
             logging.info("%s: finished earlier, skipped.", tag)
             continue
         record = run_member(sweep, config, run_directory(workdir, member, seed), tag)
@@ -81,8 +85,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, members=None, seed
         if jax.process_index() == 0:
             results.append_record(path, record)
         done[member, seed] = record
-        logging.info("%s: done, val perplexity %.4f, %.1f decode tokens/s.", tag,
-                     record["val_perplexity"], record["decode_tokens_per_second"])
+        logging.info(
+            "%s: done, val perplexity %.4f, %.1f decode tokens/s.",
+            tag,
+            record["val_perplexity"],
+            record["decode_tokens_per_second"],
+        )
         # Each run compiles its own functions. Drop them so that they do not pile up over a sweep.
         jax.clear_caches()
         gc.collect()
@@ -136,7 +144,9 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def decode_tokens_per_second(config, run_dir: str, new_tokens: int, batch_size: int, repeats: int) -> float:
+def decode_tokens_per_second(
+    config, run_dir: str, new_tokens: int, batch_size: int, repeats: int
+) -> float:
     """Measure greedy decoding of `new_tokens` per row from a short prompt, best of `repeats` calls.
 
     One untimed call first compiles. The timed span includes the prefill of the short prompt,

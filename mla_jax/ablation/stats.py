@@ -55,11 +55,18 @@ def summarize(records: Sequence[dict]) -> list[MemberSummary]:
 
 
 def _summarize_member(name: str, runs: list[dict]) -> MemberSummary:
-    fixed = ("attention", "num_params", "kv_cache_elements_per_token_per_layer",
-             "kv_cache_bytes_per_token", "kv_cache_dtype")
+    fixed = (
+        "attention",
+        "num_params",
+        "kv_cache_elements_per_token_per_layer",
+        "kv_cache_bytes_per_token",
+        "kv_cache_dtype",
+    )
     for key in fixed:
         if len({run[key] for run in runs}) > 1:
-            raise ValueError(f"Member {name!r} has runs with different {key}. Were two sweeps mixed?")
+            raise ValueError(
+                f"Member {name!r} has runs with different {key}. Were two sweeps mixed?"
+            )
     first = runs[0]
     return MemberSummary(
         member=name,
@@ -82,6 +89,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     A point dominates another when it is no worse on both coordinates and better on at least
     one. Equal points do not dominate each other, so both stay on the frontier.
     """
+
     def dominated(i):
         xi, yi = points[i]
         return any(x <= xi and y <= yi and (x < xi or y < yi) for x, y in points)
@@ -100,7 +108,9 @@ def bytes_per_token_at(summary: MemberSummary, dtype: str) -> int:
 def max_context_tokens(budget_bytes: int, bytes_per_token: int, batch_size: int = 1) -> int:
     """Return the max context length whose KV cache for `batch_size` sequences fits the budget."""
     if bytes_per_token <= 0 or batch_size <= 0:
-        raise ValueError(f"bytes_per_token={bytes_per_token} and batch_size={batch_size} must be positive.")
+        raise ValueError(
+            f"bytes_per_token={bytes_per_token} and batch_size={batch_size} must be positive."
+        )
     return int(budget_bytes) // (bytes_per_token * batch_size)
 
 

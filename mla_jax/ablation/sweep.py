@@ -40,7 +40,9 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
     """Check the sweep's fields (listed in the module docstring); raise ConfigError if one is invalid."""
     for field in ("base", "seeds", "members", "reference") + DECODE_FIELDS:
         if field not in sweep:
-            raise ConfigError(f"The sweep config is missing field {field!r}. See mla_jax.ablation.sweep.")
+            raise ConfigError(
+                f"The sweep config is missing field {field!r}. See mla_jax.ablation.sweep."
+            )
     for field in DECODE_FIELDS:
         if not isinstance(sweep[field], int) or sweep[field] < 1:
             raise ConfigError(f"sweep.{field}={sweep[field]!r} must be a positive integer.")
@@ -48,22 +50,30 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
         raise ConfigError("The sweep config lists no members.")
     for name in sweep.members:
         if not _NAME.match(name):
-            raise ConfigError(f"Invalid member name {name!r}: it names a folder, so use letters, digits, _ . -")
+            raise ConfigError(
+                f"Invalid member name {name!r}: it names a folder, so use letters, digits, _ . -"
+            )
     seeds = list(sweep.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"sweep.seeds={sweep.seeds!r} must be distinct integers, at least one.")
     if sweep.reference not in sweep.members:
-        raise ConfigError(f"sweep.reference={sweep.reference!r} is not a member: {list(sweep.members)}.")
+        raise ConfigError(
+            f"sweep.reference={sweep.reference!r} is not a member: {list(sweep.members)}."
+        )
 
 
-def member_config(sweep: ml_collections.ConfigDict, name: str, seed: int) -> ml_collections.ConfigDict:
+def member_config(
+    sweep: ml_collections.ConfigDict, name: str, seed: int
+) -> ml_collections.ConfigDict:
     """Build the experiment config of member `name` with `seed`: a copy of base plus overrides."""
     if name not in sweep.members:
         raise ConfigError(f"Unknown member {name!r}. The sweep has {list(sweep.members)}.")
     config = sweep.base.copy_and_resolve_references()
     for field, value in sweep.members[name].items():
         if field not in config.model:
-            raise ConfigError(f"Member {name!r} overrides config.model.{field}, which does not exist.")
+            raise ConfigError(
+                f"Member {name!r} overrides config.model.{field}, which does not exist."
+            )
         config.model[field] = value
     config.seed = seed
     if config.get("checkpoint_dir"):
@@ -86,7 +96,9 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """Build the run's ModelConfig, loading the tokenizer only if `model.vocab_size` is unset."""
     vocab = config.model.vocab_size
-    return model_config_from(config.model, vocab if vocab is not None else data.vocab_size(config.data))
+    return model_config_from(
+        config.model, vocab if vocab is not None else data.vocab_size(config.data)
+    )
 
 
 def num_params(cfg: ModelConfig) -> int:
@@ -113,7 +125,9 @@ def match_mlp_dim(cfg: ModelConfig, target: int, multiple: int = MLP_MULTIPLE) -
 
 def member_models(sweep: ml_collections.ConfigDict) -> dict[str, ModelConfig]:
     """Build each member's ModelConfig, in the sweep's order."""
-    return {name: model_config(member_config(sweep, name, sweep.seeds[0])) for name in sweep.members}
+    return {
+        name: model_config(member_config(sweep, name, sweep.seeds[0])) for name in sweep.members
+    }
 
 
 def train_flops(config: ml_collections.ConfigDict, cfg: ModelConfig, params: int) -> float:

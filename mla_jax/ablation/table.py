@@ -45,7 +45,9 @@ def markdown_table(summaries: Sequence[MemberSummary], budget: Budget) -> str:
     """Format the table and its notes. All runs must share one cache dtype, which sets the bytes."""
     dtypes = sorted({s.cache_dtype for s in summaries})
     if len(dtypes) != 1:
-        raise ValueError(f"The runs use cache dtypes {dtypes}, but a table compares bytes at one dtype.")
+        raise ValueError(
+            f"The runs use cache dtypes {dtypes}, but a table compares bytes at one dtype."
+        )
     ref = reference_summary(summaries)
     frontier = set(pareto_front([(s.cache_bytes, s.val_perplexity[0]) for s in summaries]))
     header = (
@@ -56,7 +58,9 @@ def markdown_table(summaries: Sequence[MemberSummary], budget: Budget) -> str:
     )
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|"]
     for i, s in enumerate(summaries):
-        context = max_context_tokens(budget.nbytes, bytes_per_token_at(s, budget.dtype), budget.batch_size)
+        context = max_context_tokens(
+            budget.nbytes, bytes_per_token_at(s, budget.dtype), budget.batch_size
+        )
         lines.append(
             f"| {s.member} | {s.kind} | {s.num_params:,} "
             f"| {_ratio(s.num_params, ref and ref.num_params, signed=True)} | {len(s.seeds)} "

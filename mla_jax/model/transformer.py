@@ -42,7 +42,9 @@ class Block(nnx.Module):
 
     def forward_cached(self, x, positions, cache: dict[str, jax.Array]):
         """Like `__call__`, attending over the cache after writing x's keys and values into it."""
-        attention_out, cache = cached_attention(self.attention, self.attention_norm(x), positions, cache)
+        attention_out, cache = cached_attention(
+            self.attention, self.attention_norm(x), positions, cache
+        )
         x = x + attention_out
         return x + self.mlp(self.mlp_norm(x)), cache
 

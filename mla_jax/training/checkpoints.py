@@ -48,15 +48,21 @@ def save(manager: ocp.CheckpointManager, state: TrainState, model_cfg: ModelConf
     logging.info("Saved checkpoint at step %d in %s", step, manager.directory)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, model_cfg: ModelConfig,
-            step: int | None = None) -> TrainState:
+def restore(
+    manager: ocp.CheckpointManager,
+    abstract_state: TrainState,
+    model_cfg: ModelConfig,
+    step: int | None = None,
+) -> TrainState:
     """Restore `step` (default: the latest) after checking that it was saved by this model."""
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"No checkpoint found in {manager.directory}.")
     saved = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
     _check_model_config(saved["model_config"], model_cfg, manager.directory, step)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
     logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
     return restored["state"]
 
@@ -65,16 +71,22 @@ def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: in
     # Fields that change no parameter shape and may differ between training and evaluation.
     free = {"dtype", "cache_dtype", "mla_decode", "max_seq_len", "rope_theta", "norm_eps"}
     current = dataclasses.asdict(model_cfg)
-    differ = {k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v}
+    differ = {
+        k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v
+    }
     if differ:
-        listing = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items()))
+        listing = ", ".join(
+            f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items())
+        )
         raise CheckpointError(
             f"The checkpoint at step {step} in {directory} belongs to another model ({listing}). "
             "Use the config it was trained with, or another --workdir."
         )
 
 
-def sharded_abstract_state(model_cfg: ModelConfig, tx, partitioner: Partitioner | None) -> TrainState:
+def sharded_abstract_state(
+    model_cfg: ModelConfig, tx, partitioner: Partitioner | None
+) -> TrainState:
     """Abstract train state whose leaves carry the target shardings of a restore."""
     abstract = abstract_train_state(model_cfg, tx)
     if partitioner is None:
@@ -85,8 +97,12 @@ def sharded_abstract_state(model_cfg: ModelConfig, tx, partitioner: Partitioner 
     )
 
 
-def load_model(config: ml_collections.ConfigDict, workdir: str,
-               partitioner: Partitioner | None = None, step: int | None = None):
+def load_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    partitioner: Partitioner | None = None,
+    step: int | None = None,
+):
     """Return (model, step): the model of `config` with parameters from the workdir's checkpoint.
 
     With a partitioner, parameters are restored directly into their shards on its mesh.

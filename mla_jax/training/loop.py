@@ -40,7 +40,10 @@ class _Throughput:
         now = time.perf_counter()
         steps, elapsed = max(step - self.step, 1), max(now - self.time, 1e-9)
         self.step, self.time = step, now
-        return {"tokens_per_second": steps * self.tokens_per_step / elapsed, "step_time_seconds": elapsed / steps}
+        return {
+            "tokens_per_second": steps * self.tokens_per_step / elapsed,
+            "step_time_seconds": elapsed / steps,
+        }
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -57,7 +60,9 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def _start_state(config, model_cfg: ModelConfig, tx, manager, partitioner: Partitioner) -> TrainState:
+def _start_state(
+    config, model_cfg: ModelConfig, tx, manager, partitioner: Partitioner
+) -> TrainState:
     if manager.latest_step() is None:
         logging.info("Starting from scratch with seed %d.", config.seed)
         return create_train_state(model_cfg, tx, config.seed, partitioner)
@@ -69,7 +74,9 @@ def _write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     evaluation.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
-def _log(writer: MetricWriter, step: int, metrics: dict, throughput: _Throughput, extra=None) -> None:
+def _log(
+    writer: MetricWriter, step: int, metrics: dict, throughput: _Throughput, extra=None
+) -> None:
     """Fetch the metrics of `step` (blocking until it is done) and write them with throughput.
 
     `extra` scalars are added to the record; throughput figures in it replace the measured ones.
@@ -88,7 +95,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     model_cfg = model_config_from(config.model, tokenizer.vocab_size)
     validate_experiment(config, model_cfg)
     batches = data.TrainBatches(
-        data.load_token_stream(config.data, "train", tokenizer), config.seq_len, config.batch_size, config.seed
+        data.load_token_stream(config.data, "train", tokenizer),
+        config.seq_len,
+        config.batch_size,
+        config.seed,
     )
     val_windows = None
     if config.eval_every:
@@ -133,8 +143,12 @@ class _Loop:
     def validate(self, params, val_windows) -> dict:
         config = self.config
         scores = evaluation.score_windows(
-            self.eval_loss_fn, params, val_windows, config.eval_batch_size,
-            config.train_eval_max_windows, self.partitioner,
+            self.eval_loss_fn,
+            params,
+            val_windows,
+            config.eval_batch_size,
+            config.train_eval_max_windows,
+            self.partitioner,
         )
         return {"val_loss": scores["loss"], "val_perplexity": scores["perplexity"]}
 
@@ -143,8 +157,9 @@ class _Loop:
         total, first = config.num_train_steps, int(state.step)
         throughput = _Throughput(first, config.batch_size * config.seq_len)
         pending = None
-        progress = tqdm.tqdm(total=total, initial=first, desc="train", unit="step",
-                             disable=jax.process_index() != 0)
+        progress = tqdm.tqdm(
+            total=total, initial=first, desc="train", unit="step", disable=jax.process_index() != 0
+        )
         for step in range(first, total):
             state, metrics = self.train_step(state, self.batch(batches, step))
             done = step + 1

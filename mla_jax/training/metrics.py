@@ -26,7 +26,9 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        logging.info("step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in record.items() if k != "step"))
+        logging.info(
+            "step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in record.items() if k != "step")
+        )
         for name, value in record.items():
             if name != "step":
                 self._tensorboard.add_scalar(name, value, int(step))

@@ -50,11 +50,17 @@ def train_state_shardings(cfg, tx, partitioner: Partitioner) -> TrainState:
     return partitioner.shardings(abstract_train_state(cfg, tx))
 
 
-def create_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int,
-                       partitioner: Partitioner | None = None) -> TrainState:
+def create_train_state(
+    cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    seed: int,
+    partitioner: Partitioner | None = None,
+) -> TrainState:
     """Initialize under jit, each array created directly in its shards when a mesh is given."""
     shardings = None if partitioner is None else train_state_shardings(cfg, tx, partitioner)
-    return jax.jit(functools.partial(_new_state, cfg, tx), static_argnums=0, out_shardings=shardings)(seed)
+    return jax.jit(
+        functools.partial(_new_state, cfg, tx), static_argnums=0, out_shardings=shardings
+    )(seed)
 
 
 def mean_loss(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> jax.Array:
@@ -85,8 +91,14 @@ def loss_and_grads(graphdef, params, batch: dict, accum_steps: int):
     return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule,
-                    partitioner: Partitioner, state_shardings: TrainState, accum_steps: int = 1):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule,
+    partitioner: Partitioner,
+    state_shardings: TrainState,
+    accum_steps: int = 1,
+):
     """Return train_step(state, batch) -> (state, metrics), jitted with shardings.
 
     The old state is donated, so parameters and optimizer moments are updated in place.
