@@ -41,6 +41,10 @@ def test_short_training_lowers_loss(tiny_config, tmp_path, kind):
     records = read_jsonl(tmp_path / "metrics.jsonl")
     losses = [r["loss"] for r in records]
     assert [r["step"] for r in records] == list(range(1, 31))
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["device_count"] == jax.device_count()
+    assert info["packages"]["jax"] == jax.__version__
+    assert len(info["git_commit"]) == 40
     assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 0.5
     for key in ("learning_rate", "grad_norm", "tokens_per_second"):
         assert all(math.isfinite(r[key]) for r in records), key

@@ -22,6 +22,7 @@ from mla_jax.sharding import Partitioner, make_partitioner
 from mla_jax.training import checkpoints
 from mla_jax.training.metrics import MetricWriter
 from mla_jax.training.optimizer import make_optimizer, make_schedule
+from mla_jax.training.run_info import run_info
 from mla_jax.training.state import TrainState, create_train_state, make_train_step
 from mla_jax.training.state import model_graphdef, train_state_shardings
 
@@ -71,7 +72,9 @@ def _start_state(
 
 
 def _write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Record the exact config, and what the run ran on (overwritten at each resume)."""
     evaluation.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    evaluation.write_json_atomic(os.path.join(workdir, "run_info.json"), run_info())
 
 
 def _log(
