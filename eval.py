@@ -20,6 +20,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding the checkpoints to evaluate.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Go on although the model or data config differs from the run recorded in the workdir.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,7 +36,7 @@ def main(argv):
     logging.info(
         "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
     )
-    result = evaluate(_CONFIG.value, _WORKDIR.value)
+    result = evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     logging.info("eval.json:\n%s", json.dumps(result, indent=2, sort_keys=True))
 
 

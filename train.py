@@ -20,6 +20,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Go on although the model or data config differs from the run recorded in the workdir.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +37,7 @@ def main(argv):
         "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
     )
     logging.info("Config:\n%s", _CONFIG.value)
-    train(_CONFIG.value, _WORKDIR.value)
+    train(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -133,11 +133,18 @@ def write_json_atomic(path: str, payload: dict) -> None:
         raise
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Score the workdir's latest checkpoint on the validation and test splits; write eval.json."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change=False) -> dict:
+    """Score the workdir's latest checkpoint on the validation and test splits; write eval.json.
+
+    A model or data config that differs from the one recorded by training is rejected unless
+    `allow_config_change`, so a checkpoint is never scored on the wrong data by accident.
+    """
     # Imported here: training imports this module for periodic validation.
     from mla_jax.training.checkpoints import load_model
+    from mla_jax.training.workdir import EVAL_FIELDS, check_saved_config, check_workdir
 
+    workdir = check_workdir(workdir)
+    check_saved_config(workdir, config, EVAL_FIELDS, allow_config_change)
     partitioner = make_partitioner(config)
     model, step = load_model(config, workdir, partitioner)
     model_cfg = model.cfg

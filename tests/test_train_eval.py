@@ -14,7 +14,7 @@ from flax import nnx
 
 from conftest import REPO
 from mla_jax import data, evaluation
-from mla_jax.config import model_config_from
+from mla_jax.config import ConfigError, model_config_from
 from mla_jax.losses import token_losses
 from mla_jax.model import Transformer
 from mla_jax.training.checkpoints import CheckpointError, load_model
@@ -155,8 +155,11 @@ def test_checkpoint_from_another_model(tiny_config, tmp_path):
     config = tiny_config("mla")
     config.num_train_steps = 3
     train(config, str(tmp_path))
-    with pytest.raises(CheckpointError, match="attention: checkpoint 'mla' vs config 'mha'"):
+    with pytest.raises(ConfigError, match="model.attention: 'mla' -> 'mha'"):
         evaluation.evaluate(tiny_config("mha"), str(tmp_path))
+    # Past the config check, the checkpoint's own record of its model rejects it too.
+    with pytest.raises(CheckpointError, match="attention: checkpoint 'mla' vs config 'mha'"):
+        evaluation.evaluate(tiny_config("mha"), str(tmp_path), allow_config_change=True)
 
 
 @pytest.mark.parametrize(
@@ -203,3 +206,41 @@ def test_cached_perplexity_equals_teacher_forced(tiny_config, kind):
     cached = evaluation.score_windows_cached(model, windows, 16)
     assert cached["num_tokens"] == forced["num_tokens"] == 1999
     np.testing.assert_allclose(cached["perplexity"], forced["perplexity"], rtol=1e-4)
+
+
+def test_resume_with_changed_model_rejected(tiny_config, tmp_path):
+    config = tiny_config("mla")
+    config.num_train_steps, config.eval_every = 3, 0
+    train(config, str(tmp_path))
+    changed = tiny_config("mla")
+    changed.num_train_steps, changed.eval_every = 5, 0
+    changed.model.kv_lora_rank = 16
+    with pytest.raises(ConfigError, match=r"model.kv_lora_rank: 32 -> 16"):
+        train(changed, str(tmp_path))
+    with pytest.raises(ConfigError, match="allow_config_change"):
+        evaluation.evaluate(changed, str(tmp_path))
+
+
+def test_eval_on_other_data_rejected(tiny_config, tmp_path):
+    config = tiny_config("mla")
+    config.num_train_steps, config.eval_every = 3, 0
+    train(config, str(tmp_path))
+    other = tiny_config("mla")
+    other.data.source = "text"
+    with pytest.raises(ConfigError, match=r"data.source: 'shakespeare' -> 'text'"):
+        evaluation.evaluate(other, str(tmp_path))
+
+
+def test_eval_workdir_that_is_a_file(tiny_config, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    with pytest.raises(NotADirectoryError, match="a_file is a file"):
+        evaluation.evaluate(tiny_config("mla"), str(path))
+
+
+def test_rejected_config_creates_no_workdir(tiny_config, tmp_path):
+    config = tiny_config("mla")
+    config.seq_len = 4096
+    with pytest.raises(ConfigError, match="seq_len=4096"):
+        train(config, str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

@@ -7,7 +7,6 @@ checkpoint; the data order is a function of the step alone, so no batch is repla
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -22,7 +21,7 @@ from mla_jax.sharding import Partitioner, make_partitioner
 from mla_jax.training import checkpoints
 from mla_jax.training.metrics import MetricWriter
 from mla_jax.training.optimizer import make_optimizer, make_schedule
-from mla_jax.training.run_info import run_info
+from mla_jax.training.workdir import check_saved_config, check_workdir, write_run_records
 from mla_jax.training.state import TrainState, create_train_state, make_train_step
 from mla_jax.training.state import model_graphdef, train_state_shardings
 
@@ -47,20 +46,6 @@ class _Throughput:
         }
 
 
-def prepare_workdir(workdir: str) -> str:
-    if "://" in workdir:
-        raise ValueError(
-            f"--workdir={workdir} must be a local directory: metrics.jsonl is appended line by "
-            "line, which object stores do not support. Put checkpoints in a bucket with "
-            "--config.checkpoint_dir=gs://BUCKET/PATH instead."
-        )
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory path.")
-    os.makedirs(workdir, exist_ok=True)
-    return workdir
-
-
 def _start_state(
     config, model_cfg: ModelConfig, tx, manager, partitioner: Partitioner
 ) -> TrainState:
@@ -69,12 +54,6 @@ def _start_state(
         return create_train_state(model_cfg, tx, config.seed, partitioner)
     target = checkpoints.sharded_abstract_state(model_cfg, tx, partitioner)
     return checkpoints.restore(manager, target, model_cfg)
-
-
-def _write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Record the exact config, and what the run ran on (overwritten at each resume)."""
-    evaluation.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-    evaluation.write_json_atomic(os.path.join(workdir, "run_info.json"), run_info())
 
 
 def _log(
@@ -91,9 +70,15 @@ def _log(
     writer.write(step, scalars)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Train the model of `config` in `workdir` up to `config.num_train_steps`."""
-    workdir = prepare_workdir(workdir)
+def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change=False) -> TrainState:
+    """Train the model of `config` in `workdir` up to `config.num_train_steps`.
+
+    Everything is checked before the workdir is created. Resuming with other model, data, seed,
+    sequence length or batch settings than the workdir's run is rejected unless
+    `allow_config_change`.
+    """
+    workdir = check_workdir(workdir)
+    check_saved_config(workdir, config, allow_change=allow_config_change)
     tokenizer = data.make_tokenizer(config.data)
     model_cfg = model_config_from(config.model, tokenizer.vocab_size)
     validate_experiment(config, model_cfg)
@@ -109,11 +94,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         val_windows = data.eval_windows(val_stream, config.seq_len)
 
     partitioner = make_partitioner(config)
+    os.makedirs(workdir, exist_ok=True)
     tx, schedule = make_optimizer(config), make_schedule(config)
     manager = checkpoints.make_manager(workdir, config)
     state = _start_state(config, model_cfg, tx, manager, partitioner)
     if jax.process_index() == 0:
-        _write_run_config(workdir, config)
+        write_run_records(workdir, config)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     loop = _Loop(config, model_cfg, partitioner, tx, schedule, manager, writer)
     try:
@@ -158,6 +144,8 @@ class _Loop:
     def run(self, state: TrainState, batches, val_windows) -> TrainState:
         config, writer = self.config, self.writer
         total, first = config.num_train_steps, int(state.step)
+        if first >= total:
+            logging.info("Step %d reached num_train_steps=%d: nothing to train.", first, total)
         throughput = _Throughput(first, config.batch_size * config.seq_len)
         pending = None
         progress = tqdm.tqdm(
