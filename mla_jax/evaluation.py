@@ -170,7 +170,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_chang
         if split == "validation":
             result["num_eval_tokens"] = scores["num_tokens"]
             if config.eval_cached:
-                cached = score_windows_cached(model, windows, config.eval_batch_size)
+                with partitioner.activation_rules():
+                    cached = score_windows_cached(model, windows, config.eval_batch_size)
                 result["val_perplexity_cached"] = cached["perplexity"]
         else:
             result["num_test_tokens"] = scores["num_tokens"]

@@ -4,16 +4,21 @@
 
 For each kind and context length L, the cache of every layer is filled with L random entries
 and only decode steps are timed: each step writes one token per row and attends over all L
-slots. In the same run the script measures the machine's memory read bandwidth (a large sum)
-and float32 matmul throughput (a large square matmul), and reports for each kind the roofline
-bound of one step, the larger of
+slots. The same run measures the machine's memory read bandwidth (a large jitted sum) and
+float32 matmul throughput (a large square matmul). For each kind it reports the roofline bound
+of one step, the larger of
 
   cache bytes read / bandwidth    and    attention FLOPs / matmul throughput,
 
-where attention FLOPs are those that grow with L (scores and weighted sum; for MLA naive also
-the up-projection of the cached latent to keys and values), and the fraction of that bound
-achieved. Weights, projections and the MLP are left out of the bound, so at short contexts the
+and the fraction of that bound achieved. Attention FLOPs are those that grow with L: the
+scores and the weighted sum. For MLA naive they include the up-projection of the cached latent
+to keys and values. Weights, projections and the MLP are outside the bound, so at short contexts the
 fraction is low by construction.
+
+On a machine shared with other jobs, timings vary from second to second. Every measurement,
+the two machine references included, is therefore repeated in `--rounds` interleaved rounds
+and the best round is kept. Before each measurement the script also waits until other processes leave the CPUs idle,
+for at most `--idle_wait_seconds` in all, and it reports how often they did.
 
 The benchmark model: d_model 1024, 4 layers, 16 heads of 64, MLP 2816, byte vocabulary; GQA
 with 4 KV heads; MLA with kv_lora_rank 256, qk_rope_head_dim 32, nope and value dims 64 and no
@@ -29,7 +34,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 
 from mla_jax.config import ModelConfig, kv_cache_bytes_per_token
@@ -42,10 +47,16 @@ _KINDS = flags.DEFINE_list(
     "kinds", ["mha", "gqa", "mqa", "mla_naive", "mla_absorbed"], "Attention kinds to measure."
 )
 _CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", "float32", ["float32", "bfloat16"], "KV-cache dtype.")
-_MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Timed decode time per measurement, at least.")
-_LAYOUT_CHECK = flags.DEFINE_bool(
-    "layout_check", True, "Also time one MHA layer's decode attention with the cache laid out "
-    "[B, S, K, H] against the [B, K, S, H] that GQA uses, at the longest context."
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Length of each timed decode run, in seconds.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved repetitions of every measurement; the best counts.")
+_IDLE_WAIT_SECONDS = flags.DEFINE_float(
+    "idle_wait_seconds", 120.0, "Time the whole run may spend waiting, before measurements, for "
+    "the CPUs to be at least 80% idle (read from /proc/stat on Linux); 0 disables the waits."
+)
+_KERNEL_CHECKS = flags.DEFINE_bool(
+    "kernel_checks", True, "Also time, at the longest context: one MHA layer's decode attention "
+    "with the cache laid out [B, S, K, H] and [B, K, S, H] (the layout GQA uses), and the "
+    "cache-reading matrix products of GQA and MLA absorbed on their own."
 )
 
 KIND_FIELDS = {
@@ -107,7 +118,7 @@ def measure_matmul(size: int = 4096) -> float:
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _filled_cache(graphdef, state, batch: int, length: int) -> DecodeCache:
-    """A cache whose L slots all hold random entries; the rows of a layer are copies of one row."""
+    """Build a cache with random entries in all L slots; the rows of a layer are copies of one row."""
     model = nnx.merge(graphdef, state)
     dtype = jnp.dtype(model.cfg.cache_dtype)
     key, layers = jax.random.key(0), []
@@ -123,7 +134,7 @@ def _filled_cache(graphdef, state, batch: int, length: int) -> DecodeCache:
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _decode_steps(graphdef, state, cache: DecodeCache, tokens, num_steps):
-    """num_steps greedy decode steps in one loop; num_steps is traced, so it never recompiles."""
+    """Run num_steps greedy decode steps in one loop; num_steps is traced, so it never recompiles."""
     model = nnx.merge(graphdef, state)
 
     def step(_, carry):
@@ -134,9 +145,8 @@ def _decode_steps(graphdef, state, cache: DecodeCache, tokens, num_steps):
     return jax.lax.fori_loop(0, num_steps, step, (cache, tokens))
 
 
-def time_decode(cfg: ModelConfig, batch: int, length: int, min_seconds: float) -> float:
-    """Seconds per decode step with every cache slot in use."""
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
+def time_decode(model: nnx.Module, batch: int, length: int, min_seconds: float, warm: bool) -> float:
+    """Seconds per decode step with every cache slot in use; `warm` skips the compiling call."""
     graphdef, state = nnx.split(model)
     cache = _filled_cache(graphdef, state, batch, length)
     tokens = jnp.zeros((batch,), jnp.int32)
@@ -149,41 +159,80 @@ def time_decode(cfg: ModelConfig, batch: int, length: int, min_seconds: float) -
         cache, tokens = jax.block_until_ready(_decode_steps(graphdef, state, cache, tokens, num_steps))
         return time.perf_counter() - start
 
-    run(1)  # compiles
+    if not warm:
+        run(1)
     per_step = run(1)
-    num_steps = int(np.clip(np.ceil(min_seconds / per_step), 1, min(64, length)))
-    return min(run(num_steps), run(num_steps)) / num_steps
+    num_steps = int(np.clip(np.ceil(min_seconds / per_step), 1, min(64, length - 1)))
+    return min(per_step, run(num_steps) / num_steps)
 
 
-def compare_gqa_layouts(batch: int, length: int, heads: int = 16, head_dim: int = 64) -> dict:
-    """Seconds of one decode attention (scores, softmax, weighted sum) per cache layout."""
-    key = jax.random.key(0)
-    query = jax.random.normal(key, (batch, heads, head_dim), jnp.float32)
-    head_major = jax.random.normal(key, (batch, heads, length, head_dim), jnp.float32)
-    position_major = head_major.transpose(0, 2, 1, 3)
+def cpu_idle_fraction(seconds: float) -> float | None:
+    """Return the fraction of CPU time spent idle over `seconds`, or None without /proc/stat."""
 
-    def attention(query, cache, layout):
-        scores = jnp.einsum(f"BKH,{layout}->BKS", query, cache)
-        return jnp.einsum(f"BKS,{layout}->BKH", jax.nn.softmax(scores, axis=-1), cache)
+    def read_counters() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
 
-    return {
-        layout: best_seconds(jax.jit(functools.partial(attention, layout=layout)), query, cache)
-        for layout, cache in (("BKSH", head_major), ("BSKH", position_major))
-    }
-
-
-def cpu_description() -> str:
     try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (lscpu failed)"
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
+        idle_start, total_start = read_counters()
+        time.sleep(seconds)
+        idle_end, total_end = read_counters()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle_end - idle_start) / max(total_end - total_start, 1)
 
 
-def measure_kind(kind: str, length: int, batch: int, bandwidth: float, matmul: float) -> dict:
+class IdleWaiter:
+    """Waits for idle CPUs before measurements, within one time budget for the whole run."""
+
+    def __init__(self, budget_seconds: float, threshold: float = 0.8):
+        self.budget, self.threshold = budget_seconds, threshold
+        self.idle_starts = self.measurements = 0
+
+    def wait(self) -> None:
+        """Sample the CPUs until they are idle, or at most 20 s, or until the budget is spent."""
+        self.measurements += 1
+        start = time.monotonic()
+        while True:
+            idle = cpu_idle_fraction(0.5)
+            if idle is None:
+                return
+            if idle >= self.threshold:
+                self.idle_starts += 1
+                break
+            if time.monotonic() - start >= min(self.budget, 20.0):
+                break
+        self.budget = max(0.0, self.budget - (time.monotonic() - start))
+
+
+def measure_all(kinds: list[str], lengths: list[int], batch: int) -> tuple[dict, dict]:
+    """Return the best seconds per step of every (kind, length) and the machine references.
+
+    The references are lists of bandwidths (bytes/s) and matmul throughputs (FLOP/s), one of each
+    per round and length, plus the IdleWaiter that counted the measurements started on idle CPUs.
+    """
+    models = {
+        kind: Transformer(bench_config(kind, max(lengths), _CACHE_DTYPE.value), rngs=nnx.Rngs(0))
+        for kind in kinds
+    }
+    waiter = IdleWaiter(_IDLE_WAIT_SECONDS.value)
+    seconds, references = {}, {"bandwidth": [], "matmul": [], "idle": waiter}
+    for round_index in range(_ROUNDS.value):
+        for length in lengths:
+            waiter.wait()
+            references["bandwidth"].append(measure_bandwidth())
+            references["matmul"].append(measure_matmul())
+            for kind in kinds:
+                waiter.wait()
+                step = time_decode(models[kind], batch, length, _MIN_SECONDS.value, warm=round_index > 0)
+                seconds[kind, length] = min(seconds.get((kind, length), np.inf), step)
+                logging.info("round %d, %s at %d tokens: %.1f ms", round_index, kind, length, step * 1e3)
+    return seconds, references
+
+
+def table_row(kind: str, length: int, seconds: float, batch: int, bandwidth: float, matmul: float) -> dict:
     cfg = bench_config(kind, length, _CACHE_DTYPE.value)
-    seconds = time_decode(cfg, batch, length, _MIN_SECONDS.value)
     cache_bytes = kv_cache_bytes_per_token(cfg) * batch * length
     memory_bound, compute_bound = cache_bytes / bandwidth, attention_flops(cfg, batch, length) / matmul
     bound = max(memory_bound, compute_bound)
@@ -215,29 +264,99 @@ def print_ratios(rows: list[dict]) -> None:
                   f"as many tokens/s as {other}.")
 
 
+def compare_gqa_layouts(batch: int, length: int, heads: int = 16, head_dim: int = 64) -> dict:
+    """Time one decode attention (scores, softmax, weighted sum) for each cache layout, in seconds."""
+    key = jax.random.key(0)
+    query = jax.random.normal(key, (batch, heads, head_dim), jnp.float32)
+    head_major = jax.random.normal(key, (batch, heads, length, head_dim), jnp.float32)
+    position_major = head_major.transpose(0, 2, 1, 3)
+
+    def attention(query, cache, layout):
+        scores = jnp.einsum(f"BKH,{layout}->BKS", query, cache)
+        return jnp.einsum(f"BKS,{layout}->BKH", jax.nn.softmax(scores, axis=-1), cache)
+
+    return {
+        layout: best_seconds(jax.jit(functools.partial(attention, layout=layout)), query, cache)
+        for layout, cache in (("BKSH", head_major), ("BSKH", position_major))
+    }
+
+
+def time_cache_products(batch: int, length: int) -> list[tuple[str, float, float]]:
+    """Time the matrix products that read the cache in one layer's decode step, on their own.
+
+    Returns (description, seconds, FLOPs) per product, with the einsums of the model's decode
+    path and the benchmark model's sizes.
+    """
+    def normal(*shape):
+        return jax.random.normal(jax.random.key(0), shape, jnp.float32)
+
+    mla_flops = 2.0 * batch * length * 16 * 256
+    cases = [
+        ("GQA scores, [S, 64] @ [64, 4] per KV head", "BKSH,BKTGH->BKSTG",
+         normal(batch, 4, length, 64), normal(batch, 4, 1, 4, 64), 2.0 * batch * 4 * length * 64 * 4),
+        ("MLA absorbed scores, [S, 256] @ [256, 16]", "BSC,BTNC->BSTN",
+         normal(batch, length, 256), normal(batch, 1, 16, 256), mla_flops),
+        ("MLA absorbed weighted sum, [16, S] @ [S, 256]", "BTNS,BSC->BTNC",
+         normal(batch, 1, 16, length), normal(batch, length, 256), mla_flops),
+    ]
+    results = []
+    for name, equation, left, right, flops in cases:
+        product = jax.jit(functools.partial(jnp.einsum, equation))
+        results.append((name, best_seconds(product, left, right), flops))
+    return results
+
+
+def print_kernel_checks(batch: int, length: int, matmul: float) -> None:
+    layouts = compare_gqa_layouts(batch, length)
+    print(f"\nOne MHA layer's decode attention at {length} tokens, batch {batch}: "
+          f"{layouts['BKSH'] * 1e3:.1f} ms with the cache [B, K, S, H], "
+          f"{layouts['BSKH'] * 1e3:.1f} ms with [B, S, K, H].")
+    print(f"\nCache-reading products of one layer alone, {length} tokens, batch {batch}:")
+    for name, seconds, flops in time_cache_products(batch, length):
+        print(f"- {name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s "
+              f"({flops / seconds / matmul:.0%} of the square matmul)")
+
+
+def format_range(values: list[float], unit: float, spec: str) -> str:
+    return f"{min(values) / unit:{spec}} to {max(values) / unit:{spec}}"
+
+
+def cpu_description() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU (lscpu failed)"
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     unknown = sorted(set(_KINDS.value) - set(KIND_FIELDS))
     if unknown:
         raise app.UsageError(f"Unknown kinds {unknown}; choose among {sorted(KIND_FIELDS)}.")
-    lengths = [int(x) for x in _LENGTHS.value]
-    bandwidth, matmul = measure_bandwidth(), measure_matmul()
+    lengths, batch = sorted(int(x) for x in _LENGTHS.value), _BATCH.value
+    if lengths[0] < 2:
+        raise app.UsageError(f"Context lengths must be at least 2, got {lengths[0]}.")
+    seconds, references = measure_all(_KINDS.value, lengths, batch)
+    bandwidth, matmul = max(references["bandwidth"]), max(references["matmul"])
     print(f"Machine: {cpu_description()}; JAX {jax.__version__} on {jax.default_backend()}.")
-    print(f"Measured read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {matmul / 1e9:.0f} GFLOP/s.")
-    print(f"Batch {_BATCH.value}, cache dtype {_CACHE_DTYPE.value}.\n")
-    rows = []
-    for length in lengths:
-        for kind in _KINDS.value:
-            rows.append(measure_kind(kind, length, _BATCH.value, bandwidth, matmul))
+    print(f"Measured read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {matmul / 1e9:.0f} GFLOP/s "
+          f"(best of {len(references['bandwidth'])} measurements; range {format_range(references['bandwidth'], 1e9, '.1f')} GB/s, "
+          f"{format_range(references['matmul'], 1e9, '.0f')} GFLOP/s).")
+    print(f"Batch {batch}, cache dtype {_CACHE_DTYPE.value}, best of {_ROUNDS.value} rounds; "
+          f"{references['idle'].idle_starts} of {references['idle'].measurements} measurements started "
+          f"on idle CPUs.\n")
+    rows = [
+        table_row(kind, length, seconds[kind, length], batch, bandwidth, matmul)
+        for length in lengths for kind in _KINDS.value
+    ]
     print_table(rows)
     print()
     print_ratios(rows)
-    if _LAYOUT_CHECK.value:
-        seconds = compare_gqa_layouts(_BATCH.value, lengths[-1])
-        print(f"\nOne MHA layer's decode attention at {lengths[-1]} tokens, batch {_BATCH.value}: "
-              f"{seconds['BKSH'] * 1e3:.1f} ms with the cache [B, K, S, H], "
-              f"{seconds['BSKH'] * 1e3:.1f} ms with [B, S, K, H].")
+    if _KERNEL_CHECKS.value:
+        print_kernel_checks(batch, lengths[-1], matmul)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ BYTE_VOCAB = 258  # the byte tokenizer's vocabulary, which the project's configs
 
 
 def _published(attention: str, num_layers: int, num_heads: int, **fields) -> ModelConfig:
-    """A ModelConfig of a published model. Fields that do not change the cache size (vocabulary,
-    widths, MLP, context length) are placeholders, not the model's real values."""
+    """Build the ModelConfig of a published model from its attention fields.
+
+    Fields that do not change the cache size (vocabulary, widths, MLP, context length) are
+    placeholders, not the model's real values.
+    """
     head_dim = fields.pop("head_dim", 128)
     values = dict(
         vocab_size=32000, attention=attention, num_layers=num_layers, d_model=num_heads * head_dim,
@@ -47,7 +50,7 @@ def _published(attention: str, num_layers: int, num_heads: int, **fields) -> Mod
 
 
 def published_models() -> dict[str, ModelConfig]:
-    """Attention hyperparameters as published in each model's config or paper."""
+    """Return published models by name, with their attention hyperparameters."""
     return {
         "DeepSeek-V2": _published("mla", 60, 128, kv_lora_rank=512, qk_rope_head_dim=64, q_lora_rank=1536),
         "DeepSeek-V2 heads as MHA": _published("mha", 60, 128, head_dim=128),
@@ -60,7 +63,7 @@ def published_models() -> dict[str, ModelConfig]:
 
 
 def project_models(configs_dir: str) -> dict[str, ModelConfig]:
-    """One ModelConfig per config file and attention kind, named 'file:kind'."""
+    """Load one ModelConfig per config file and attention kind, named 'file:kind'."""
     models = {}
     for path in sorted(glob.glob(os.path.join(configs_dir, "*.py"))):
         name = os.path.splitext(os.path.basename(path))[0]
@@ -76,7 +79,7 @@ def project_models(configs_dir: str) -> dict[str, ModelConfig]:
 
 
 def cached_terms(cfg: ModelConfig) -> str:
-    """What one layer caches per token, as a formula."""
+    """Describe what one layer caches per token, as a formula."""
     if cfg.attention == "mla":
         return f"latent {cfg.kv_lora_rank} + RoPE key {cfg.qk_rope_head_dim}"
     return f"2 x {cfg.num_kv_heads} x {cfg.head_dim} (key, value per KV head)"

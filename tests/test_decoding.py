@@ -2,8 +2,8 @@
 
 The tiny models get attention weights of std 0.2 (against 0.02 at init), so attention is far
 from uniform and a wrong position, mask or cache slot changes the logits by far more than the
-tolerance (`test_position_gap_changes_logits`). Compiled functions are shared through module-level caches, one compilation per
-kind and shape.
+tolerance (`test_position_gap_changes_logits`). Compiled functions are shared through
+module-level caches, one compilation per kind and shape.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def make_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-    """A model whose attention weights and embedding are redrawn large; equal seeds, equal weights."""
+    """Build a model with large attention weights and embedding; equal seeds give equal weights."""
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     key = jax.random.key(seed + 1000)
     for block in model.blocks:

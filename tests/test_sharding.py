@@ -1,6 +1,7 @@
 """Training on device meshes equals training on one device; specs, init and restore across meshes."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -213,3 +214,35 @@ def test_cached_decoding_on_mesh_matches_one_device(tiny_config, batches, kind):
     got = np.asarray(cached_token_losses(sharded, batch["inputs"][:4], batch["targets"][:4]))
     want = np.asarray(cached_token_losses(single, batch["inputs"][:4], batch["targets"][:4]))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind,spec",
+    [
+        ("gqa", P(("data", "fsdp"), "tensor", None, None)),  # 2 KV heads over tensor 2
+        ("mqa", P(("data", "fsdp"), None, None, None)),  # 1 KV head: replicated
+        ("mla", P(("data", "fsdp"), None, None)),  # latent [B, S, C]: by batch only
+    ],
+)
+def test_kv_cache_sharded_by_batch_and_heads(tiny_config, kind, spec):
+    from flax import nnx
+
+    from mla_jax.decoding import forward_cached, init_cache
+    from mla_jax.training.state import model_graphdef as graphdef_of
+
+    config = with_mesh(tiny_config(kind), (2, 2, 2))
+    partitioner = make_partitioner(config)
+    cfg = model_config_from(config.model, 258)
+    state = create_train_state(cfg, make_optimizer(config), 0, partitioner)
+    model = nnx.merge(graphdef_of(cfg), state.params)
+
+    @jax.jit
+    def prefill(tokens):
+        with partitioner.activation_rules():
+            return forward_cached(model, tokens, init_cache(model, 8, 32))[1]
+
+    cache = prefill(jnp.ones((8, 4), jnp.int32))
+    for layer in cache.layers:
+        for array in layer.values():
+            expected = jax.sharding.NamedSharding(partitioner.mesh, spec)
+            assert array.sharding.is_equivalent_to(expected, array.ndim), array.sharding

@@ -1,12 +1,11 @@
 """Autoregressive decoding with a KV cache, shared by every attention kind.
 
-Each attention kind only states what it caches (`cache_spec`, `project_kv`); everything here
-works on that: allocating the cache (`init_cache`), prefill and single steps (`prefill`,
-`decode_step`, `forward_cached`), sampling (`sample_tokens`), generation with stop token and
-length limit (`generate`) and per-token losses through the cache (`cached_token_losses`).
+Each attention kind only states what it caches (`cache_spec`, `project_kv`). Everything else
+is shared: allocating the cache (`init_cache`), prefill and single steps (`prefill`,
+`decode_step`, `forward_cached`), sampling (`sample_tokens`), generation with a stop token and
+a length limit (`generate`), and per-token losses through the cache (`cached_token_losses`).
 
-Not supported: left-padded prompts, paged or sliding-window caches, speculative decoding,
-and sharding the cache over devices.
+Not supported: left-padded prompts, paged or sliding-window caches, speculative decoding.
 """
 
 from mla_jax.decoding.cache import (

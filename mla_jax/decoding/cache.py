@@ -1,9 +1,9 @@
 """The KV cache of a whole model, and forward passes that read and extend it.
 
-The cache holds, per layer, whatever that layer's attention kind lists in `cache_spec` (see
-`mla_jax.model.attention`), plus one write index per sequence. Slot s of a row holds the token
-at position s, so a row's index is both its next write slot and its next RoPE position; rows of
-a batch may be at different positions.
+The cache stores, per layer, the arrays that the layer's attention kind lists in `cache_spec`
+(see `mla_jax.model.attention`), plus one write index per sequence. Slot s of a row contains the
+token at position s, so a row's index is both its next write slot and its next RoPE position.
+Rows of a batch may be at different positions.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mla_jax.config import ModelConfig
+from mla_jax.sharding import constrain
 
 
 class DecodeCache(NamedTuple):
@@ -37,7 +38,20 @@ def init_cache(model: nnx.Module, batch: int, max_len: int, dtype: str | None = 
     for block in model.blocks:
         spec = block.attention.cache_spec(batch, max_len, dtype)
         layers.append({name: jnp.zeros(s.shape, s.dtype) for name, s in spec.items()})
-    return DecodeCache(tuple(layers), jnp.zeros((batch,), jnp.int32))
+    return DecodeCache(_constrain_layers(layers), jnp.zeros((batch,), jnp.int32))
+
+
+def _constrain_layers(layers) -> tuple[dict[str, jax.Array], ...]:
+    """Shard cached arrays [B, ..., S, F] by batch, and by KV heads where they divide.
+
+    Every cache layout has batch first and slots and features last; axes in between are KV
+    heads (GQA's K; MLA has none). Outside `mla_jax.sharding.use_mesh_rules` nothing changes.
+    """
+
+    def names(x):
+        return ("cache_batch",) + ("cache_heads",) * (x.ndim - 3) + (None, None)
+
+    return tuple({k: constrain(v, names(v)) for k, v in layer.items()} for layer in layers)
 
 
 def cache_nbytes(cache: DecodeCache) -> int:
@@ -63,6 +77,7 @@ def forward_cached(
     steps = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     positions = cache.index[:, None] + steps  # [B, T]
     logits, layers = model.forward_cached(tokens, positions, cache.layers)
+    layers = _constrain_layers(layers)
     advance = tokens.shape[1] if lengths is None else lengths.astype(jnp.int32)
     return logits, DecodeCache(layers, cache.index + advance)
 

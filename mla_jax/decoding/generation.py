@@ -105,7 +105,7 @@ def generate(
 ) -> Generation:
     """Continue each prompt by up to max_new_tokens sampled tokens.
 
-    Sampling is greedy at temperature 0 (see `sample_tokens`). The cache holds cache_len slots
+    Sampling is greedy at temperature 0 (see `sample_tokens`). The cache has cache_len slots
     per row (default: the prompt width plus max_new_tokens, at most config.model.max_seq_len).
     """
     cfg: ModelConfig = model.cfg

@@ -1,8 +1,8 @@
 """Per-token losses computed through the KV cache, for checking cached decoding in evaluation.
 
-Teacher-forced scoring runs the full causal forward pass; this module scores the same tokens
-by feeding them one at a time through the decoder and its cache, so that the two perplexities
-agree only if cached decoding is exact.
+Teacher-forced scoring runs the full causal forward pass. This module scores the same tokens
+by feeding them one at a time through the decoder and its cache, so the two perplexities agree
+only if cached decoding is exact.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def cached_token_losses(model: nnx.Module, inputs: jax.Array, targets: jax.Array
     Every window starts from an empty cache of T slots at position 0, and all T tokens go
     through `decode_step` in one jitted scan; losses come from the cached float32 logits.
     """
+    inputs, targets = jnp.asarray(inputs, jnp.int32), jnp.asarray(targets, jnp.int32)
     if inputs.ndim != 2 or inputs.shape != targets.shape:
         raise ValueError(
             f"inputs {inputs.shape} and targets {targets.shape} must have the same shape [B, T]."
@@ -32,7 +33,7 @@ def cached_token_losses(model: nnx.Module, inputs: jax.Array, targets: jax.Array
             f"{model.cfg.max_seq_len}; score shorter windows."
         )
     graphdef, state = nnx.split(model)
-    return _token_losses(graphdef, state, jnp.asarray(inputs, jnp.int32), jnp.asarray(targets, jnp.int32))
+    return _token_losses(graphdef, state, inputs, targets)
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")

@@ -12,8 +12,8 @@ the kind:
 
 Cache layout: every cached array has batch first, the sequence axis second to last and features
 last. A kind is free to order the axes in between for speed (GQA keeps each KV head's keys
-contiguous). Slot s of a row holds the token at position s, so `causal_mask` over slot numbers
-also hides slots that nothing has written yet.
+contiguous). Slot s of a row contains the token at position s, so `causal_mask` over slot
+numbers also hides slots that nothing has written yet.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Query head n attends with KV head n // G, where G = N // K: the N query heads ar
 consecutive groups of G heads.
 
 Caches, per token and layer: the RoPE-rotated key and the value of every KV head, 2 * K * H
-elements, in two arrays `key` and `value` of [B, K, S, H]. Keeping each KV head's keys contiguous
-lets one decode step read the cache as K plain matrix products; the [B, S, K, H] layout made
-XLA on CPU copy the whole cache into that order first, ten times slower (scripts/bench_decode.py).
+elements, in two arrays `key` and `value` of [B, K, S, H]. Each KV head's keys are contiguous,
+so a decode step reads the cache as K plain matrix products. With [B, S, K, H], XLA on CPU
+copied the whole cache into head-major order first, about ten times slower
+(`scripts/bench_decode.py` prints both timings).
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ class GroupedQueryAttention(nnx.Module):
         """Decode-step attention (T = 1, G > 1) with query BKTGH: out BKTGH.
 
         The cached keys are the left operand, [S, H] @ [H, G], which XLA's CPU dot reads in
-        place. As the right operand of q @ k^T they were first copied transposed, every step.
-        The scores are then transposed (B K G S numbers, small) so the softmax reduces the
-        contiguous last axis.
+        place. With q @ k^T instead, XLA copied MQA's keys transposed at every step, and GQA's
+        steps measured slower too. The scores are then transposed (B K G S numbers, small) so
+        the softmax reduces the contiguous last axis.
         """
         scores = jnp.einsum("BKSH,BKTGH->BKSTG", key, query) * self.scale
         scores = scores.transpose(0, 1, 3, 4, 2)  # BKTGS

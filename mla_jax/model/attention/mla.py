@@ -7,7 +7,8 @@ come either through a low-rank latent c_q [Q] with its own RMSNorm (q_lora_rank 
 straight from the hidden state (q_lora_rank None). The softmax scale is 1/sqrt(Hn + R).
 
 Caches, per token and layer: the RMS-normalized latent c_kv and the rotated k_rope, C + R
-elements, never per-head keys or values.
+elements, in two arrays `latent` [B, S, C] and `rope_key` [B, S, R]; never per-head keys or
+values.
 
 `attend` has two modes. `naive` up-projects the cached latent to per-head keys and values.
 `absorbed` folds the key up-projection into the query (q_nope @ W_uk^T lives in latent space)
