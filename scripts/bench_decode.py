@@ -1,24 +1,18 @@
-"""Measure decode speed per attention kind and compare it with the machine's roofline.
+"""Measure decode speed per attention kind against the machine's roofline.
 
   python scripts/bench_decode.py [--lengths=512,1024,2048,4096,8192 --batch=16 --kinds=...]
 
-For each kind and context length L, the cache of every layer is filled with L random entries
-and only decode steps are timed: each step writes one token per row and attends over all L
-slots. The same run measures the machine's memory read bandwidth (a large jitted sum) and
-float32 matmul throughput (a large square matmul). For each kind it reports the roofline bound
-of one step, the larger of
+For each kind and context length L, every layer's cache is filled with L random entries and only
+decode steps are timed: each writes one token per row and attends over all L slots. The run also
+measures memory read bandwidth and float32 matmul throughput, and reports each step against its
+roofline (`mla_jax.decoding.roofline`): the larger of cache bytes / bandwidth and attention
+FLOPs / matmul throughput. Weights and the MLP are outside that bound, so at short contexts the
+fraction achieved is low by construction.
 
-  cache bytes read / bandwidth    and    attention FLOPs / matmul throughput,
-
-and the fraction of that bound achieved. Attention FLOPs are those that grow with L: the
-scores and the weighted sum. For MLA naive they include the up-projection of the cached latent
-to keys and values. Weights, projections and the MLP are outside the bound, so at short contexts the
-fraction is low by construction.
-
-On a machine shared with other jobs, timings vary from second to second. Every measurement,
-the two machine references included, is therefore repeated in `--rounds` interleaved rounds
-and the best round is kept. Before each measurement the script also waits until other processes leave the CPUs idle,
-for at most `--idle_wait_seconds` in all, and it reports how often they did.
+Timings on a shared machine vary from second to second. Every measurement, the machine
+references included, runs in `--rounds` interleaved rounds and the best counts. Before each
+one the script waits for idle CPUs (at most `--idle_wait_seconds` in all) and reports how often
+it found them.
 
 The benchmark model: d_model 1024, 4 layers, 16 heads of 64, MLP 2816, byte vocabulary; GQA
 with 4 KV heads; MLA with kv_lora_rank 256, qk_rope_head_dim 32, nope and value dims 64 and no
@@ -39,6 +33,12 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig, kv_cache_bytes_per_token
 from mla_jax.decoding import DecodeCache, decode_step
+from mla_jax.decoding.roofline import (
+    best_seconds,
+    decode_roofline,
+    measure_bandwidth,
+    measure_matmul,
+)
 from mla_jax.model import Transformer
 
 _LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192"], "Context lengths.")
@@ -46,79 +46,67 @@ _BATCH = flags.DEFINE_integer("batch", 16, "Sequences decoded together.")
 _KINDS = flags.DEFINE_list(
     "kinds", ["mha", "gqa", "mqa", "mla_naive", "mla_absorbed"], "Attention kinds to measure."
 )
-_CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", "float32", ["float32", "bfloat16"], "KV-cache dtype.")
-_MIN_SECONDS = flags.DEFINE_float("min_seconds", 1.0, "Length of each timed decode run, in seconds.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved repetitions of every measurement; the best counts.")
+_CACHE_DTYPE = flags.DEFINE_enum(
+    "cache_dtype", "float32", ["float32", "bfloat16"], "KV-cache dtype."
+)
+_MIN_SECONDS = flags.DEFINE_float(
+    "min_seconds", 1.0, "Length of each timed decode run, in seconds."
+)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 3, "Interleaved repetitions of every measurement; the best counts."
+)
 _IDLE_WAIT_SECONDS = flags.DEFINE_float(
-    "idle_wait_seconds", 120.0, "Time the whole run may spend waiting, before measurements, for "
-    "the CPUs to be at least 80% idle (read from /proc/stat on Linux); 0 disables the waits."
+    "idle_wait_seconds",
+    120.0,
+    "Time the whole run may spend waiting, before measurements, for "
+    "the CPUs to be at least 80% idle (read from /proc/stat on Linux); 0 disables the waits.",
 )
 _KERNEL_CHECKS = flags.DEFINE_bool(
-    "kernel_checks", True, "Also time, at the longest context: one MHA layer's decode attention "
+    "kernel_checks",
+    True,
+    "Also time, at the longest context: one MHA layer's decode attention "
     "with the cache laid out [B, S, K, H] and [B, K, S, H] (the layout GQA uses), and the "
-    "cache-reading matrix products of GQA and MLA absorbed on their own."
+    "cache-reading matrix products of GQA and MLA absorbed on their own.",
 )
 
 KIND_FIELDS = {
-    "mha": dict(attention="mha", num_kv_heads=16),
-    "gqa": dict(attention="gqa", num_kv_heads=4),
-    "mqa": dict(attention="mqa", num_kv_heads=1),
-    "mla_naive": dict(attention="mla", mla_decode="naive"),
-    "mla_absorbed": dict(attention="mla", mla_decode="absorbed"),
+    "mha": {"attention": "mha", "num_kv_heads": 16},
+    "gqa": {"attention": "gqa", "num_kv_heads": 4},
+    "mqa": {"attention": "mqa", "num_kv_heads": 1},
+    "mla_naive": {"attention": "mla", "mla_decode": "naive"},
+    "mla_absorbed": {"attention": "mla", "mla_decode": "absorbed"},
 }
 
 
 def bench_config(kind: str, max_seq_len: int, cache_dtype: str) -> ModelConfig:
-    fields = dict(
-        vocab_size=258, num_layers=4, d_model=1024, num_heads=16, num_kv_heads=16, head_dim=64,
-        mlp_dim=2816, q_lora_rank=None, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32,
-        v_head_dim=64, max_seq_len=max_seq_len, tie_embeddings=True, rope_theta=10000.0,
-        norm_eps=1e-6, dtype="float32", cache_dtype=cache_dtype, mla_decode="absorbed",
-    )
+    fields = {
+        "vocab_size": 258,
+        "num_layers": 4,
+        "d_model": 1024,
+        "num_heads": 16,
+        "num_kv_heads": 16,
+        "head_dim": 64,
+        "mlp_dim": 2816,
+        "q_lora_rank": None,
+        "kv_lora_rank": 256,
+        "qk_nope_head_dim": 64,
+        "qk_rope_head_dim": 32,
+        "v_head_dim": 64,
+        "max_seq_len": max_seq_len,
+        "tie_embeddings": True,
+        "rope_theta": 10000.0,
+        "norm_eps": 1e-6,
+        "dtype": "float32",
+        "cache_dtype": cache_dtype,
+        "mla_decode": "absorbed",
+    }
     fields.update(KIND_FIELDS[kind])
     return ModelConfig(**fields)
 
 
-def attention_flops(cfg: ModelConfig, batch: int, length: int) -> float:
-    """FLOPs of one decode step that grow with the context length, all layers."""
-    n = cfg.num_heads
-    if cfg.attention != "mla":
-        per_slot = 4 * n * cfg.head_dim  # q.k and p.v
-    else:
-        c, r = cfg.kv_lora_rank, cfg.qk_rope_head_dim
-        if cfg.mla_decode == "absorbed":
-            per_slot = 2 * n * (c + r) + 2 * n * c
-        else:
-            hn, hv = cfg.qk_nope_head_dim, cfg.v_head_dim
-            per_slot = 2 * c * n * (hn + hv) + 2 * n * (hn + r) + 2 * n * hv
-    return float(per_slot) * batch * length * cfg.num_layers
-
-
-def best_seconds(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def measure_bandwidth(num_bytes: int = 1 << 30) -> float:
-    """Read bandwidth in bytes/s: a jitted sum over a float32 array far larger than the caches."""
-    x = jnp.ones((num_bytes // 4,), jnp.float32)
-    return num_bytes / best_seconds(jax.jit(jnp.sum), x)
-
-
-def measure_matmul(size: int = 4096) -> float:
-    """Float32 matmul throughput in FLOP/s, on square matrices."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    return 2 * size**3 / best_seconds(jax.jit(jnp.matmul), a, a, repeats=3)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _filled_cache(graphdef, state, batch: int, length: int) -> DecodeCache:
-    """Build a cache with random entries in all L slots; the rows of a layer are copies of one row."""
+    """Build a cache with random entries in all L slots; rows are copies of one row."""
     model = nnx.merge(graphdef, state)
     dtype = jnp.dtype(model.cfg.cache_dtype)
     key, layers = jax.random.key(0), []
@@ -134,7 +122,7 @@ def _filled_cache(graphdef, state, batch: int, length: int) -> DecodeCache:
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _decode_steps(graphdef, state, cache: DecodeCache, tokens, num_steps):
-    """Run num_steps greedy decode steps in one loop; num_steps is traced, so it never recompiles."""
+    """Run num_steps greedy decode steps in one loop; num_steps is traced (no recompiles)."""
     model = nnx.merge(graphdef, state)
 
     def step(_, carry):
@@ -145,7 +133,9 @@ def _decode_steps(graphdef, state, cache: DecodeCache, tokens, num_steps):
     return jax.lax.fori_loop(0, num_steps, step, (cache, tokens))
 
 
-def time_decode(model: nnx.Module, batch: int, length: int, min_seconds: float, warm: bool) -> float:
+def time_decode(
+    model: nnx.Module, batch: int, length: int, min_seconds: float, warm: bool
+) -> float:
     """Seconds per decode step with every cache slot in use; `warm` skips the compiling call."""
     graphdef, state = nnx.split(model)
     cache = _filled_cache(graphdef, state, batch, length)
@@ -156,7 +146,9 @@ def time_decode(model: nnx.Module, batch: int, length: int, min_seconds: float, 
         # Start far enough back that the steps' writes stay inside the cache.
         cache = cache._replace(index=jnp.full((batch,), length - num_steps, jnp.int32))
         start = time.perf_counter()
-        cache, tokens = jax.block_until_ready(_decode_steps(graphdef, state, cache, tokens, num_steps))
+        cache, tokens = jax.block_until_ready(
+            _decode_steps(graphdef, state, cache, tokens, num_steps)
+        )
         return time.perf_counter() - start
 
     if not warm:
@@ -225,31 +217,44 @@ def measure_all(kinds: list[str], lengths: list[int], batch: int) -> tuple[dict,
             references["matmul"].append(measure_matmul())
             for kind in kinds:
                 waiter.wait()
-                step = time_decode(models[kind], batch, length, _MIN_SECONDS.value, warm=round_index > 0)
+                step = time_decode(
+                    models[kind], batch, length, _MIN_SECONDS.value, warm=round_index > 0
+                )
                 seconds[kind, length] = min(seconds.get((kind, length), np.inf), step)
-                logging.info("round %d, %s at %d tokens: %.1f ms", round_index, kind, length, step * 1e3)
+                logging.info(
+                    "round %d, %s at %d tokens: %.1f ms", round_index, kind, length, step * 1e3
+                )
     return seconds, references
 
 
-def table_row(kind: str, length: int, seconds: float, batch: int, bandwidth: float, matmul: float) -> dict:
+def table_row(
+    kind: str, length: int, seconds: float, batch: int, bandwidth: float, matmul: float
+) -> dict:
     cfg = bench_config(kind, length, _CACHE_DTYPE.value)
-    cache_bytes = kv_cache_bytes_per_token(cfg) * batch * length
-    memory_bound, compute_bound = cache_bytes / bandwidth, attention_flops(cfg, batch, length) / matmul
-    bound = max(memory_bound, compute_bound)
-    return dict(
-        kind=kind, length=length, cache_mib=cache_bytes / 2**20, step_ms=seconds * 1e3,
-        tokens_per_s=batch / seconds, bound_ms=bound * 1e3,
-        bound_by="memory" if memory_bound >= compute_bound else "compute", fraction=bound / seconds,
-    )
+    bound = decode_roofline(cfg, batch, length, bandwidth, matmul)
+    return {
+        "kind": kind,
+        "length": length,
+        "cache_mib": kv_cache_bytes_per_token(cfg) * batch * length / 2**20,
+        "step_ms": seconds * 1e3,
+        "tokens_per_s": batch / seconds,
+        "bound_ms": bound.seconds * 1e3,
+        "bound_by": bound.bound_by,
+        "fraction": bound.seconds / seconds,
+    }
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| Kind | Context | Cache (MiB) | Step (ms) | Tokens/s | Roofline (ms) | Bound by | Of roofline |")
+    print(
+        "| Kind | Context | Cache (MiB) | Step (ms) | Tokens/s | Roofline (ms) | Bound by "
+        "| Of roofline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(
             f"| {r['kind']} | {r['length']} | {r['cache_mib']:.0f} | {r['step_ms']:.1f} "
-            f"| {r['tokens_per_s']:.0f} | {r['bound_ms']:.1f} | {r['bound_by']} | {r['fraction']:.0%} |"
+            f"| {r['tokens_per_s']:.0f} | {r['bound_ms']:.1f} | {r['bound_by']} "
+            f"| {r['fraction']:.0%} |"
         )
 
 
@@ -260,12 +265,14 @@ def print_ratios(rows: list[dict]) -> None:
         return
     for other in ("mha", "mla_naive"):
         if other in speed:
-            print(f"At {longest} tokens, mla_absorbed decodes {speed['mla_absorbed'] / speed[other]:.2f}x "
-                  f"as many tokens/s as {other}.")
+            ratio = speed["mla_absorbed"] / speed[other]
+            print(
+                f"At {longest} tokens, mla_absorbed decodes {ratio:.2f}x the tokens/s of {other}."
+            )
 
 
 def compare_gqa_layouts(batch: int, length: int, heads: int = 16, head_dim: int = 64) -> dict:
-    """Time one decode attention (scores, softmax, weighted sum) for each cache layout, in seconds."""
+    """Time one decode attention (scores, softmax, weighted sum) per cache layout, in seconds."""
     key = jax.random.key(0)
     query = jax.random.normal(key, (batch, heads, head_dim), jnp.float32)
     head_major = jax.random.normal(key, (batch, heads, length, head_dim), jnp.float32)
@@ -287,17 +294,33 @@ def time_cache_products(batch: int, length: int) -> list[tuple[str, float, float
     Returns (description, seconds, FLOPs) per product, with the einsums of the model's decode
     path and the benchmark model's sizes.
     """
+
     def normal(*shape):
         return jax.random.normal(jax.random.key(0), shape, jnp.float32)
 
     mla_flops = 2.0 * batch * length * 16 * 256
     cases = [
-        ("GQA scores, [S, 64] @ [64, 4] per KV head", "BKSH,BKTGH->BKSTG",
-         normal(batch, 4, length, 64), normal(batch, 4, 1, 4, 64), 2.0 * batch * 4 * length * 64 * 4),
-        ("MLA absorbed scores, [S, 256] @ [256, 16]", "BSC,BTNC->BSTN",
-         normal(batch, length, 256), normal(batch, 1, 16, 256), mla_flops),
-        ("MLA absorbed weighted sum, [16, S] @ [S, 256]", "BTNS,BSC->BTNC",
-         normal(batch, 1, 16, length), normal(batch, length, 256), mla_flops),
+        (
+            "GQA scores, [S, 64] @ [64, 4] per KV head",
+            "BKSH,BKTGH->BKSTG",
+            normal(batch, 4, length, 64),
+            normal(batch, 4, 1, 4, 64),
+            2.0 * batch * 4 * length * 64 * 4,
+        ),
+        (
+            "MLA absorbed scores, [S, 256] @ [256, 16]",
+            "BSC,BTNC->BSTN",
+            normal(batch, length, 256),
+            normal(batch, 1, 16, 256),
+            mla_flops,
+        ),
+        (
+            "MLA absorbed weighted sum, [16, S] @ [S, 256]",
+            "BTNS,BSC->BTNC",
+            normal(batch, 1, 16, length),
+            normal(batch, length, 256),
+            mla_flops,
+        ),
     ]
     results = []
     for name, equation, left, right, flops in cases:
@@ -308,13 +331,17 @@ def time_cache_products(batch: int, length: int) -> list[tuple[str, float, float
 
 def print_kernel_checks(batch: int, length: int, matmul: float) -> None:
     layouts = compare_gqa_layouts(batch, length)
-    print(f"\nOne MHA layer's decode attention at {length} tokens, batch {batch}: "
-          f"{layouts['BKSH'] * 1e3:.1f} ms with the cache [B, K, S, H], "
-          f"{layouts['BSKH'] * 1e3:.1f} ms with [B, S, K, H].")
+    print(
+        f"\nOne MHA layer's decode attention at {length} tokens, batch {batch}: "
+        f"{layouts['BKSH'] * 1e3:.1f} ms with the cache [B, K, S, H], "
+        f"{layouts['BSKH'] * 1e3:.1f} ms with [B, S, K, H]."
+    )
     print(f"\nCache-reading products of one layer alone, {length} tokens, batch {batch}:")
     for name, seconds, flops in time_cache_products(batch, length):
-        print(f"- {name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s "
-              f"({flops / seconds / matmul:.0%} of the square matmul)")
+        print(
+            f"- {name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s "
+            f"({flops / seconds / matmul:.0%} of the square matmul)"
+        )
 
 
 def format_range(values: list[float], unit: float, spec: str) -> str:
@@ -323,7 +350,9 @@ def format_range(values: list[float], unit: float, spec: str) -> str:
 
 def cpu_description() -> str:
     try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+        lines = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "unknown CPU (lscpu failed)"
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
@@ -342,15 +371,22 @@ def main(argv):
     seconds, references = measure_all(_KINDS.value, lengths, batch)
     bandwidth, matmul = max(references["bandwidth"]), max(references["matmul"])
     print(f"Machine: {cpu_description()}; JAX {jax.__version__} on {jax.default_backend()}.")
-    print(f"Measured read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {matmul / 1e9:.0f} GFLOP/s "
-          f"(best of {len(references['bandwidth'])} measurements; range {format_range(references['bandwidth'], 1e9, '.1f')} GB/s, "
-          f"{format_range(references['matmul'], 1e9, '.0f')} GFLOP/s).")
-    print(f"Batch {batch}, cache dtype {_CACHE_DTYPE.value}, best of {_ROUNDS.value} rounds; "
-          f"{references['idle'].idle_starts} of {references['idle'].measurements} measurements started "
-          f"on idle CPUs.\n")
+    bandwidth_range = format_range(references["bandwidth"], 1e9, ".1f")
+    matmul_range = format_range(references["matmul"], 1e9, ".0f")
+    print(
+        f"Measured read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul "
+        f"{matmul / 1e9:.0f} GFLOP/s (best of {len(references['bandwidth'])} measurements; "
+        f"range {bandwidth_range} GB/s, {matmul_range} GFLOP/s)."
+    )
+    waiter = references["idle"]
+    print(
+        f"Batch {batch}, cache dtype {_CACHE_DTYPE.value}, best of {_ROUNDS.value} rounds; "
+        f"{waiter.idle_starts} of {waiter.measurements} measurements started on idle CPUs.\n"
+    )
     rows = [
         table_row(kind, length, seconds[kind, length], batch, bandwidth, matmul)
-        for length in lengths for kind in _KINDS.value
+        for length in lengths
+        for kind in _KINDS.value
     ]
     print_table(rows)
     print()

@@ -23,11 +23,13 @@ from mla_jax.config import (
 )
 
 _CONFIGS_DIR = flags.DEFINE_string(
-    "configs_dir", "configs", "Folder of experiment configs (*.py with get_config(kind)); '' skips them."
+    "configs_dir",
+    "configs",
+    "Folder of experiment configs (*.py with get_config(kind)); '' skips them.",
 )
 
 KINDS = ("mha", "gqa", "mqa", "mla")
-BYTE_VOCAB = 258  # the byte tokenizer's vocabulary, which the project's configs use
+BYTE_VOCAB = 258  # vocabulary given to model_config_from; cache sizes do not depend on it
 
 
 def _published(attention: str, num_layers: int, num_heads: int, **fields) -> ModelConfig:
@@ -37,14 +39,28 @@ def _published(attention: str, num_layers: int, num_heads: int, **fields) -> Mod
     placeholders, not the model's real values.
     """
     head_dim = fields.pop("head_dim", 128)
-    values = dict(
-        vocab_size=32000, attention=attention, num_layers=num_layers, d_model=num_heads * head_dim,
-        num_heads=num_heads, num_kv_heads=fields.pop("num_kv_heads", num_heads), head_dim=head_dim,
-        mlp_dim=4 * num_heads * head_dim, q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128,
-        qk_rope_head_dim=64, v_head_dim=128, max_seq_len=4096, tie_embeddings=False,
-        rope_theta=10000.0, norm_eps=1e-6, dtype="bfloat16", cache_dtype="bfloat16",
-        mla_decode="absorbed",
-    )
+    values = {
+        "vocab_size": 32000,
+        "attention": attention,
+        "num_layers": num_layers,
+        "d_model": num_heads * head_dim,
+        "num_heads": num_heads,
+        "num_kv_heads": fields.pop("num_kv_heads", num_heads),
+        "head_dim": head_dim,
+        "mlp_dim": 4 * num_heads * head_dim,
+        "q_lora_rank": None,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "max_seq_len": 4096,
+        "tie_embeddings": False,
+        "rope_theta": 10000.0,
+        "norm_eps": 1e-6,
+        "dtype": "bfloat16",
+        "cache_dtype": "bfloat16",
+        "mla_decode": "absorbed",
+    }
     values.update(fields)
     return ModelConfig(**values)
 
@@ -52,10 +68,14 @@ def _published(attention: str, num_layers: int, num_heads: int, **fields) -> Mod
 def published_models() -> dict[str, ModelConfig]:
     """Return published models by name, with their attention hyperparameters."""
     return {
-        "DeepSeek-V2": _published("mla", 60, 128, kv_lora_rank=512, qk_rope_head_dim=64, q_lora_rank=1536),
+        "DeepSeek-V2": _published(
+            "mla", 60, 128, kv_lora_rank=512, qk_rope_head_dim=64, q_lora_rank=1536
+        ),
         "DeepSeek-V2 heads as MHA": _published("mha", 60, 128, head_dim=128),
         "DeepSeek-V2-Lite": _published("mla", 27, 16, kv_lora_rank=512, qk_rope_head_dim=64),
-        "DeepSeek-V3": _published("mla", 61, 128, kv_lora_rank=512, qk_rope_head_dim=64, q_lora_rank=1536),
+        "DeepSeek-V3": _published(
+            "mla", 61, 128, kv_lora_rank=512, qk_rope_head_dim=64, q_lora_rank=1536
+        ),
         "Llama-2-7B": _published("mha", 32, 32, head_dim=128),
         "Llama-3-8B": _published("gqa", 32, 32, num_kv_heads=8, head_dim=128),
         "Mistral-7B": _published("gqa", 32, 32, num_kv_heads=8, head_dim=128),
@@ -86,11 +106,11 @@ def cached_terms(cfg: ModelConfig) -> str:
 
 
 def markdown_table(models: dict[str, ModelConfig]) -> str:
-    lines = [
+    header = (
         "| Model | Attention | Layers | Cached per layer per token | Elements per layer per token "
-        "| Bytes per token, float32 | Bytes per token, bfloat16 |",
-        "|---|---|---:|---|---:|---:|---:|",
-    ]
+        "| Bytes per token, float32 | Bytes per token, bfloat16 |"
+    )
+    lines = [header, "|---|---|---:|---|---:|---:|---:|"]
     for name, cfg in models.items():
         lines.append(
             f"| {name} | {cfg.attention} | {cfg.num_layers} | {cached_terms(cfg)} "
@@ -104,7 +124,7 @@ def markdown_table(models: dict[str, ModelConfig]) -> str:
 def main(argv):
     del argv
     if _CONFIGS_DIR.value:
-        print("Project configs (byte vocabulary):\n")
+        print("Project configs:\n")
         print(markdown_table(project_models(_CONFIGS_DIR.value)))
         print()
     print("Published models:\n")

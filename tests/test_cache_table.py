@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import pathlib
 
 import pytest
 
@@ -48,10 +49,8 @@ def test_bytes_cover_every_layer(cache_table):
 def test_table_lists_every_project_config(cache_table):
     configs_dir = os.path.join(ROOT, "configs")
     models = cache_table.project_models(configs_dir)
-    files = [f for f in os.listdir(configs_dir) if f.endswith(".py")]
-    with_get_config = [
-        f for f in files if "def get_config" in open(os.path.join(configs_dir, f)).read()
-    ]
+    paths = sorted(pathlib.Path(configs_dir).glob("*.py"))
+    with_get_config = [path for path in paths if "def get_config" in path.read_text()]
     assert len(models) == 4 * len(with_get_config)
     table = cache_table.markdown_table(models)
     assert all(f"| {name} |" in table for name in models)

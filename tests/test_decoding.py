@@ -18,6 +18,7 @@ from flax import nnx
 
 from mla_jax import decoding
 from mla_jax.config import ModelConfig, kv_cache_bytes_per_token
+from mla_jax.decoding import roofline
 from mla_jax.model import Transformer
 
 VOCAB = 258
@@ -30,12 +31,12 @@ F32_TOL = 1e-5
 BF16_TOL = 0.05
 
 KINDS = {
-    "mha": dict(attention="mha"),
-    "gqa": dict(attention="gqa", num_kv_heads=2),
-    "mqa": dict(attention="mqa", num_kv_heads=1),
-    "mla_absorbed": dict(attention="mla", mla_decode="absorbed"),
-    "mla_naive": dict(attention="mla", mla_decode="naive"),
-    "mla_no_q_lora": dict(attention="mla", q_lora_rank=None),
+    "mha": {"attention": "mha"},
+    "gqa": {"attention": "gqa", "num_kv_heads": 2},
+    "mqa": {"attention": "mqa", "num_kv_heads": 1},
+    "mla_absorbed": {"attention": "mla", "mla_decode": "absorbed"},
+    "mla_naive": {"attention": "mla", "mla_decode": "naive"},
+    "mla_no_q_lora": {"attention": "mla", "q_lora_rank": None},
 }
 # Teacher-forced cases: prompt lengths of the rows of one batch of TOKENS, right-padded to the
 # longest. The rest of each row is fed one token per decode step.
@@ -45,28 +46,28 @@ CACHE_LEN = 40  # longer than any case needs, so never-written slots are present
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    fields = dict(
-        vocab_size=VOCAB,
-        attention="mha",
-        num_layers=2,
-        d_model=64,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=16,
-        mlp_dim=128,
-        q_lora_rank=32,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-        max_seq_len=64,
-        tie_embeddings=True,
-        rope_theta=10000.0,
-        norm_eps=1e-6,
-        dtype="float32",
-        cache_dtype="float32",
-        mla_decode="absorbed",
-    )
+    fields = {
+        "vocab_size": VOCAB,
+        "attention": "mha",
+        "num_layers": 2,
+        "d_model": 64,
+        "num_heads": 4,
+        "num_kv_heads": 4,
+        "head_dim": 16,
+        "mlp_dim": 128,
+        "q_lora_rank": 32,
+        "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+        "max_seq_len": 64,
+        "tie_embeddings": True,
+        "rope_theta": 10000.0,
+        "norm_eps": 1e-6,
+        "dtype": "float32",
+        "cache_dtype": "float32",
+        "mla_decode": "absorbed",
+    }
     fields.update(overrides)
     return ModelConfig(**fields)
 
@@ -282,20 +283,23 @@ def test_top_k_of_one_is_greedy():
     [
         (
             PROMPTS,
-            dict(cache_len=20),
-            r"12 tokens\) plus max_new_tokens=10 needs 22 positions, more than the cache length \(20\)",
+            {"cache_len": 20},
+            (
+                r"12 tokens\) plus max_new_tokens=10 needs 22 positions, "
+                r"more than the cache length \(20\)"
+            ),
         ),
         (
             [np.zeros(60, np.int32)],
-            dict(cache_len=None),
+            {"cache_len": None},
             r"needs 70 positions, more than config.model.max_seq_len=64",
         ),
-        (PROMPTS, dict(cache_len=65), r"cache_len=65 exceeds config.model.max_seq_len=64"),
+        (PROMPTS, {"cache_len": 65}, r"cache_len=65 exceeds config.model.max_seq_len=64"),
         ([TOKENS[0, :3], []], {}, r"Prompt 1 is empty"),
         ([[1, 2, VOCAB]], {}, r"outside the vocabulary \[0, 258\)"),
-        (PROMPTS, dict(top_p=0.0), r"top_p=0.0 must lie in \(0, 1\]"),
-        (PROMPTS, dict(temperature=-1.0), r"temperature=-1.0 must be >= 0"),
-        (PROMPTS, dict(stop_token=-2), r"stop_token=-2 is outside the vocabulary"),
+        (PROMPTS, {"top_p": 0.0}, r"top_p=0.0 must lie in \(0, 1\]"),
+        (PROMPTS, {"temperature": -1.0}, r"temperature=-1.0 must be >= 0"),
+        (PROMPTS, {"stop_token": -2}, r"stop_token=-2 is outside the vocabulary"),
     ],
 )
 def test_generate_rejects_bad_requests(prompts, kwargs, message):
@@ -372,3 +376,26 @@ def test_cached_token_losses_rejects_long_windows():
     tokens = np.zeros((1, 65), np.int32)
     with pytest.raises(ValueError, match="Windows of 65 tokens exceed config.model.max_seq_len=64"):
         decoding.cached_token_losses(model_for("mha"), tokens, tokens)
+
+
+# Roofline bookkeeping of scripts/bench_decode.py.
+@pytest.mark.parametrize(
+    "overrides, flops_per_slot",
+    [
+        ({"attention": "mha"}, 4 * 4 * 16),  # q.k and p.v, 4 heads of 16
+        ({"attention": "mla", "mla_decode": "absorbed"}, 2 * 4 * (32 + 8) + 2 * 4 * 32),
+        ({"attention": "mla", "mla_decode": "naive"}, 2 * 32 * 4 * 32 + 2 * 4 * 24 + 2 * 4 * 16),
+    ],
+)
+def test_attention_flops_per_slot(overrides, flops_per_slot):
+    cfg = tiny_config(**overrides)
+    assert roofline.attention_flops(cfg, batch=3, length=10) == flops_per_slot * 3 * 10 * 2
+
+
+def test_roofline_picks_the_slower_bound():
+    cfg = tiny_config(attention="mha")
+    cache_bytes = kv_cache_bytes_per_token(cfg) * 3 * 10
+    slow_memory = roofline.decode_roofline(cfg, 3, 10, bandwidth=1.0, matmul=1e12)
+    assert slow_memory == (cache_bytes, "memory")
+    slow_compute = roofline.decode_roofline(cfg, 3, 10, bandwidth=1e12, matmul=1.0)
+    assert slow_compute == (roofline.attention_flops(cfg, 3, 10), "compute")

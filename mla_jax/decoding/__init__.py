@@ -4,6 +4,7 @@ Each attention kind only states what it caches (`cache_spec`, `project_kv`). Eve
 is shared: allocating the cache (`init_cache`), prefill and single steps (`prefill`,
 `decode_step`, `forward_cached`), sampling (`sample_tokens`), generation with a stop token and
 a length limit (`generate`), and per-token losses through the cache (`cached_token_losses`).
+The submodule `roofline` bounds the time of a decode step, for benchmarks.
 
 Not supported: left-padded prompts, paged or sliding-window caches, speculative decoding.
 """

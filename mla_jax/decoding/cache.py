@@ -25,7 +25,9 @@ class DecodeCache(NamedTuple):
     index: jax.Array
 
 
-def init_cache(model: nnx.Module, batch: int, max_len: int, dtype: str | None = None) -> DecodeCache:
+def init_cache(
+    model: nnx.Module, batch: int, max_len: int, dtype: str | None = None
+) -> DecodeCache:
     """Allocate an empty cache of `max_len` slots per row, in `dtype` (default cfg.cache_dtype)."""
     cfg: ModelConfig = model.cfg
     if max_len > cfg.max_seq_len:
@@ -94,7 +96,9 @@ def prefill(
     return jnp.take_along_axis(logits, last, axis=1)[:, 0], cache
 
 
-def decode_step(model: nnx.Module, tokens: jax.Array, cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+def decode_step(
+    model: nnx.Module, tokens: jax.Array, cache: DecodeCache
+) -> tuple[jax.Array, DecodeCache]:
     """Feed one token [B] per row; returns the next-token logits [B, V] and the cache."""
     logits, cache = forward_cached(model, tokens[:, None], cache)
     return logits[:, 0], cache

@@ -21,7 +21,12 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig
 from mla_jax.decoding.cache import decode_step, init_cache, prefill
-from mla_jax.decoding.sampling import SamplingParams, as_arrays, check_sampling_params, sample_tokens
+from mla_jax.decoding.sampling import (
+    SamplingParams,
+    as_arrays,
+    check_sampling_params,
+    sample_tokens,
+)
 
 # Prompt widths are rounded up to this, so that prompts of similar length share a compilation.
 PROMPT_WIDTH_MULTIPLE = 16
@@ -38,7 +43,7 @@ class Generation(NamedTuple):
 def pad_prompts(
     prompts: Sequence[Sequence[int]], vocab_size: int, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad prompts (non-empty sequences of ids) with zeros into int32 [B, P]; also lengths [B].
+    """Right-pad prompts (non-empty id sequences) with zeros into int32 [B, P]; also lengths [B].
 
     P is `width`, or the longest prompt when width is None.
     """
@@ -56,14 +61,18 @@ def pad_prompts(
     lengths = np.array([row.size for row in rows], dtype=np.int32)
     width = int(lengths.max()) if width is None else width
     if width < lengths.max():
-        raise ValueError(f"width={width} is shorter than the longest prompt ({lengths.max()} tokens).")
+        raise ValueError(
+            f"width={width} is shorter than the longest prompt ({lengths.max()} tokens)."
+        )
     tokens = np.zeros((len(rows), width), dtype=np.int32)
     for i, row in enumerate(rows):
         tokens[i, : row.size] = row
     return tokens, lengths
 
 
-def check_capacity(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int, cache_len: int) -> None:
+def check_capacity(
+    cfg: ModelConfig, longest_prompt: int, max_new_tokens: int, cache_len: int
+) -> None:
     """Raise ValueError unless the longest prompt plus max_new_tokens fits the cache and the model.
 
     Checked on the host before anything runs: inside the decoder an out-of-range write would be
@@ -119,19 +128,29 @@ def generate(
     sampling = SamplingParams(temperature, top_k, top_p)
     check_sampling_params(sampling)
     if stop_token is not None and not 0 <= stop_token < cfg.vocab_size:
-        raise ValueError(f"stop_token={stop_token} is outside the vocabulary [0, {cfg.vocab_size}).")
+        raise ValueError(
+            f"stop_token={stop_token} is outside the vocabulary [0, {cfg.vocab_size})."
+        )
 
     graphdef, state = nnx.split(model)
     out, out_lengths = _generate_jit(
-        graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), as_arrays(sampling),
-        jax.random.key(seed), jnp.int32(-1 if stop_token is None else stop_token),
-        max_new_tokens=max_new_tokens, cache_len=cache_len,
+        graphdef,
+        state,
+        jnp.asarray(tokens),
+        jnp.asarray(lengths),
+        as_arrays(sampling),
+        jax.random.key(seed),
+        jnp.int32(-1 if stop_token is None else stop_token),
+        max_new_tokens=max_new_tokens,
+        cache_len=cache_len,
     )
     return Generation(np.asarray(out), np.asarray(out_lengths))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "cache_len"))
-def _generate_jit(graphdef, state, prompts, lengths, sampling, key, stop_token, *, max_new_tokens, cache_len):
+def _generate_jit(
+    graphdef, state, prompts, lengths, sampling, key, stop_token, *, max_new_tokens, cache_len
+):
     """Prefill, sample the first token, then decode in a while_loop; see `generate`."""
     model = nnx.merge(graphdef, state)
     batch = prompts.shape[0]
@@ -155,5 +174,7 @@ def _generate_jit(graphdef, state, prompts, lengths, sampling, key, stop_token, 
     carry = (jnp.int32(1), first, cache, out, first == stop_token)
     out = jax.lax.while_loop(keep_going, decode_one, carry)[3]
     is_stop = out == stop_token
-    out_lengths = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, max_new_tokens)
+    out_lengths = jnp.where(
+        jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, max_new_tokens
+    )
     return out, out_lengths.astype(jnp.int32)

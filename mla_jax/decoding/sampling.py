@@ -34,7 +34,7 @@ def check_sampling_params(params: SamplingParams) -> None:
 
 
 def as_arrays(params: SamplingParams) -> SamplingParams:
-    """Convert the settings to arrays of fixed dtypes, so that any Python values hit the same jit cache entry."""
+    """Convert the settings to arrays of fixed dtypes, so any Python values share one jit entry."""
     return SamplingParams(
         jnp.asarray(params.temperature, jnp.float32),
         jnp.asarray(params.top_k, jnp.int32),

@@ -40,7 +40,10 @@ class GroupedQueryAttention(nnx.Module):
 
     def cache_spec(self, batch: int, max_len: int, dtype) -> dict[str, jax.ShapeDtypeStruct]:
         shape = (batch, self.num_kv_heads, max_len, self.head_dim)
-        return {"key": jax.ShapeDtypeStruct(shape, dtype), "value": jax.ShapeDtypeStruct(shape, dtype)}
+        return {
+            "key": jax.ShapeDtypeStruct(shape, dtype),
+            "value": jax.ShapeDtypeStruct(shape, dtype),
+        }
 
     def project_kv(self, x: jax.Array, positions: jax.Array) -> dict[str, jax.Array]:
         """Keys and values [B, K, T, H], in the cache layout."""

@@ -41,7 +41,9 @@ class MultiHeadLatentAttention(nnx.Module):
         else:
             self.w_dq = make_param(rngs, (d, cfg.q_lora_rank), ("embed", "q_latent"))
             self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, axis_name="q_latent")
-            self.w_uq = make_param(rngs, (cfg.q_lora_rank, n, hn + hr), ("q_latent", "heads", "head_dim"))
+            self.w_uq = make_param(
+                rngs, (cfg.q_lora_rank, n, hn + hr), ("q_latent", "heads", "head_dim")
+            )
         # One down-projection yields the latent and the RoPE key: D -> C + R.
         self.w_dkv = make_param(rngs, (d, c + hr), ("embed", "kv_latent"))
         self.kv_norm = RMSNorm(c, cfg.norm_eps, axis_name="kv_latent")
@@ -83,7 +85,7 @@ class MultiHeadLatentAttention(nnx.Module):
         return self.attend(self.project_query(x, positions), kv, mask, mode="naive")
 
     def attend(self, query, kv: dict[str, jax.Array], mask: jax.Array, mode: str | None = None):
-        """Attend over kv [B, S, ...]; `mode` overrides the configured mla_decode (naive or absorbed)."""
+        """Attend over kv [B, S, ...]; `mode` (naive or absorbed) overrides cfg.mla_decode."""
         q_nope, q_rope = query
         latent, rope_key = kv["latent"].astype(self.dtype), kv["rope_key"].astype(self.dtype)
         if (mode or self.mode) == "naive":
