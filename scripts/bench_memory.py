@@ -47,8 +47,8 @@ from mla_jax import data
 from mla_jax.config import ATTENTION_KINDS, model_config_from, validate_experiment
 from mla_jax.sharding import make_partitioner
 from mla_jax.training.checkpoints import sharded_abstract_state
-from mla_jax.training.optimizer import make_optimizer, make_schedule
-from mla_jax.training.state import make_train_step, model_graphdef, train_state_shardings
+from mla_jax.training.optimizer import make_optimizer
+from mla_jax.training.state import train_step_for
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -118,19 +118,10 @@ def measure(config, mesh: tuple[int, int, int]) -> dict[str, float]:
     cfg = model_config_from(config.model, vocab)
     validate_experiment(config, cfg)
     partitioner = make_partitioner(config, jax.devices()[: math.prod(mesh)])
-    tx = make_optimizer(config)
-    shardings = train_state_shardings(cfg, tx, partitioner)
-    state = sharded_abstract_state(cfg, tx, partitioner)
+    step, shardings = train_step_for(config, cfg, partitioner)
+    state = sharded_abstract_state(cfg, make_optimizer(config), partitioner)
     tokens = jax.ShapeDtypeStruct(
         (config.batch_size, config.seq_len), jnp.int32, sharding=partitioner.batch_sharding()
-    )
-    step = make_train_step(
-        model_graphdef(cfg),
-        tx,
-        make_schedule(config),
-        partitioner,
-        shardings,
-        config.grad_accum_steps,
     )
     start = time.perf_counter()
     stats = step.lower(state, {"inputs": tokens, "targets": tokens}).compile().memory_analysis()

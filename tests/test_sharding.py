@@ -11,9 +11,8 @@ from mla_jax import data
 from mla_jax.config import model_config_from
 from mla_jax.sharding import ShardingError, make_partitioner
 from mla_jax.training import checkpoints
-from mla_jax.training.optimizer import make_optimizer, make_schedule
-from mla_jax.training.state import create_train_state, make_train_step, model_graphdef
-from mla_jax.training.state import train_state_shardings
+from mla_jax.training.optimizer import make_optimizer
+from mla_jax.training.state import create_train_state, train_step_for
 
 KINDS = ("mha", "gqa", "mqa", "mla")
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4))
@@ -43,17 +42,8 @@ def run_steps(config, shape, batches, num_steps=NUM_STEPS):
     """Train num_steps on the mesh `shape`; return (losses, final state, partitioner)."""
     partitioner = partitioner_for(config, shape)
     cfg = model_config_from(config.model, 258)
-    tx = make_optimizer(config)
-    state = create_train_state(cfg, tx, config.seed, partitioner)
-    shardings = train_state_shardings(cfg, tx, partitioner)
-    step_fn = make_train_step(
-        model_graphdef(cfg),
-        tx,
-        make_schedule(config),
-        partitioner,
-        shardings,
-        config.grad_accum_steps,
-    )
+    state = create_train_state(cfg, make_optimizer(config), config.seed, partitioner)
+    step_fn, _ = train_step_for(config, cfg, partitioner)
     losses = []
     for step in range(num_steps):
         batch = partitioner.place_batch(batches.batch_at(step), config.batch_size)

@@ -20,10 +20,9 @@ from mla_jax.config import ModelConfig, model_config_from, validate_experiment
 from mla_jax.sharding import Partitioner, make_partitioner
 from mla_jax.training import checkpoints
 from mla_jax.training.metrics import MetricWriter
-from mla_jax.training.optimizer import make_optimizer, make_schedule
+from mla_jax.training.optimizer import make_optimizer
 from mla_jax.training.workdir import check_saved_config, check_workdir, write_run_records
-from mla_jax.training.state import TrainState, create_train_state, make_train_step
-from mla_jax.training.state import model_graphdef, train_state_shardings
+from mla_jax.training.state import TrainState, create_train_state, model_graphdef, train_step_for
 
 
 class _Throughput:
@@ -95,13 +94,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change=F
 
     partitioner = make_partitioner(config)
     os.makedirs(workdir, exist_ok=True)
-    tx, schedule = make_optimizer(config), make_schedule(config)
+    tx = make_optimizer(config)
     manager = checkpoints.make_manager(workdir, config)
     state = _start_state(config, model_cfg, tx, manager, partitioner)
     if jax.process_index() == 0:
         write_run_records(workdir, config)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    loop = _Loop(config, model_cfg, partitioner, tx, schedule, manager, writer)
+    loop = _Loop(config, model_cfg, partitioner, manager, writer)
     try:
         state = loop.run(state, batches, val_windows)
     finally:
@@ -114,14 +113,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change=F
 class _Loop:
     """The steps of one run, with what they share: compiled functions, sinks, checkpoints."""
 
-    def __init__(self, config, model_cfg, partitioner, tx, schedule, manager, writer):
+    def __init__(self, config, model_cfg, partitioner, manager, writer):
         self.config, self.model_cfg, self.partitioner = config, model_cfg, partitioner
         self.manager, self.writer = manager, writer
+        self.train_step, shardings = train_step_for(config, model_cfg, partitioner)
         graphdef = model_graphdef(model_cfg)
-        shardings = train_state_shardings(model_cfg, tx, partitioner)
-        self.train_step = make_train_step(
-            graphdef, tx, schedule, partitioner, shardings, config.grad_accum_steps
-        )
         self.eval_loss_fn = evaluation.make_loss_fn(graphdef, partitioner, shardings.params)
         self.rows = partitioner.process_rows(config.batch_size)
 

@@ -15,6 +15,7 @@ from mla_jax.config import ModelConfig
 from mla_jax.losses import token_losses
 from mla_jax.model import Transformer
 from mla_jax.sharding import Partitioner
+from mla_jax.training.optimizer import make_optimizer, make_schedule
 
 
 @flax.struct.dataclass
@@ -123,3 +124,18 @@ def make_train_step(
         out_shardings=(state_shardings, partitioner.replicated()),
         donate_argnums=(0,),
     )
+
+
+def train_step_for(config, cfg: ModelConfig, partitioner: Partitioner):
+    """Return (train_step, state_shardings) for an experiment config on the partitioner's mesh."""
+    tx = make_optimizer(config)
+    shardings = train_state_shardings(cfg, tx, partitioner)
+    step = make_train_step(
+        model_graphdef(cfg),
+        tx,
+        make_schedule(config),
+        partitioner,
+        shardings,
+        config.grad_accum_steps,
+    )
+    return step, shardings
