@@ -1,4 +1,4 @@
-"""What a run ran on: package versions, devices and the git commit of the code."""
+"""Run provenance: package versions, devices and the git commit of the code."""
 
 from __future__ import annotations
 
