@@ -64,7 +64,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
-    """A mesh over all devices (or `devices`) with Auto axis types.
+    """Build a mesh over all devices (or `devices`) with Auto axis types.
 
     jax 0.10's `make_mesh` defaults to Explicit axes, under which sharding constraints and
     NNX's Linear fail, so every axis is set to Auto.
@@ -87,10 +87,10 @@ def _rules_dict(rules) -> dict[str, tuple[str, ...]]:
 def logical_to_spec(
     names: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh
 ) -> PartitionSpec:
-    """PartitionSpec for an array of `shape` whose dims have logical `names`.
+    """Return the PartitionSpec of an array of `shape` whose dims have logical `names`.
 
     A dim keeps its mesh axes only if its size divides by their product and no earlier dim
-    already uses one of them; otherwise it is replicated.
+    already uses one of them. Otherwise it is replicated.
     """
     table, used, spec = _rules_dict(rules), set(), []
     for name, size in zip(names, shape):
@@ -102,8 +102,17 @@ def logical_to_spec(
             )
             axes = ()
         used.update(axes)
-        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        spec.append(_spec_entry(axes))
     return PartitionSpec(*spec)
+
+
+def _spec_entry(axes: tuple[str, ...]):
+    """One PartitionSpec entry: None for no axis, the name for one, the tuple for several."""
+    if not axes:
+        return None
+    if len(axes) == 1:
+        return axes[0]
+    return axes
 
 
 def _log_once(message: str) -> None:
@@ -133,8 +142,7 @@ def state_shardings(abstract_tree, rules, mesh: Mesh):
 def batch_sharding(rules, mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Sharding of a batch [B, T, ...]: B over the `batch` rule's axes, the rest replicated."""
     batch_axes = tuple(a for a in _rules_dict(rules).get("batch", ()) if mesh.shape[a] > 1)
-    first = None if not batch_axes else batch_axes[0] if len(batch_axes) == 1 else batch_axes
-    return NamedSharding(mesh, PartitionSpec(first, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(_spec_entry(batch_axes), *([None] * (ndim - 1))))
 
 
 @contextlib.contextmanager
@@ -182,7 +190,7 @@ class Partitioner:
         return use_mesh_rules(self.mesh, self.rules)
 
     def process_rows(self, global_batch: int) -> slice:
-        """The rows of a global batch that this process loads."""
+        """Return the slice of a global batch's rows that this process loads."""
         if global_batch % jax.process_count():
             raise ShardingError(
                 f"Batch size {global_batch} does not divide among {jax.process_count()} processes."

@@ -135,7 +135,8 @@ def model_error(tiny_config, kind="mla", **overrides):
 
 def test_heads_not_divisible_by_kv_heads(tiny_config):
     message = model_error(tiny_config, "gqa", num_kv_heads=3)
-    assert "num_heads=4" in message and "num_kv_heads=3" in message
+    assert "num_heads=4" in message
+    assert "num_kv_heads=3" in message
 
 
 def test_gqa_without_kv_heads(tiny_config):
@@ -145,7 +146,8 @@ def test_gqa_without_kv_heads(tiny_config):
 @pytest.mark.parametrize("kind,kv_heads", [("mha", 2), ("mqa", 2)])
 def test_kv_heads_contradicting_kind(tiny_config, kind, kv_heads):
     message = model_error(tiny_config, kind, num_kv_heads=kv_heads)
-    assert f"num_kv_heads={kv_heads}" in message and kind in message
+    assert f"num_kv_heads={kv_heads}" in message
+    assert kind in message
 
 
 @pytest.mark.parametrize(
@@ -166,12 +168,14 @@ def test_non_positive_sizes(tiny_config, kind, field, value):
 @pytest.mark.parametrize("kind,field", [("mla", "qk_rope_head_dim"), ("mha", "head_dim")])
 def test_odd_rope_dims(tiny_config, kind, field):
     message = model_error(tiny_config, kind, **{field: 7})
-    assert f"{field}=7" in message and "even" in message
+    assert f"{field}=7" in message
+    assert "even" in message
 
 
 def test_unknown_attention_kind(tiny_config):
     message = model_error(tiny_config, "mla", attention="linear")
-    assert "'linear'" in message and "mha" in message
+    assert "'linear'" in message
+    assert "mha" in message
 
 
 @pytest.mark.parametrize(

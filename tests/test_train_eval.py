@@ -131,10 +131,12 @@ def test_cli_train_resume_and_eval(tmp_path):
     evaluated = run_cli("eval.py", tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["step"] == 15 and result["attention"] == "mha"
+    assert result["step"] == 15
+    assert result["attention"] == "mha"
     assert result["kv_cache_bytes_per_token"] == 2 * 4 * 16 * 2 * 4
     for key in ("val_loss", "val_perplexity", "test_perplexity", "val_unigram_perplexity"):
-        assert math.isfinite(result[key]) and result[key] > 0, key
+        assert math.isfinite(result[key]), key
+        assert result[key] > 0, key
     assert result["num_eval_tokens"] == 199678
     np.testing.assert_allclose(result["val_perplexity_cached"], result["val_perplexity"], rtol=1e-4)
 
@@ -192,7 +194,8 @@ def test_checkpoint_dir_override(tiny_config, tmp_path):
     assert (tmp_path / "elsewhere" / "3").is_dir()
     assert not (tmp_path / "run" / "checkpoints").exists()
     model, step = load_model(config, str(tmp_path / "run"))
-    assert step == 3 and model.cfg.attention == "mla"
+    assert step == 3
+    assert model.cfg.attention == "mla"
 
 
 @pytest.mark.parametrize("kind", KINDS)

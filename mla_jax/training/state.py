@@ -28,7 +28,7 @@ class TrainState:
 
 
 def model_graphdef(cfg: ModelConfig) -> nnx.GraphDef:
-    """The static structure of the model, without allocating parameters."""
+    """Return the static structure of the model, without allocating parameters."""
     return nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
 
 
