@@ -3,7 +3,10 @@
   python train.py --config=configs/shakespeare.py:mla --workdir=runs/mla [--config.FIELD=VALUE ...]
 
 Running the same command again resumes from the latest checkpoint in WORKDIR/checkpoints.
+SIGTERM or Ctrl-C saves a checkpoint at the current step first (a second one exits at once).
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -11,6 +14,7 @@ from ml_collections import config_flags
 
 from mla_jax.sharding import initialize_distributed
 from mla_jax.training.loop import train
+from mla_jax.training.preemption import TrainingInterrupted
 from mla_jax.training.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,7 +41,11 @@ def main(argv):
         "JAX %s on %d %s device(s).", jax.__version__, jax.device_count(), jax.default_backend()
     )
     logging.info("Config:\n%s", _CONFIG.value)
-    train(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    try:
+        train(_CONFIG.value, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    except TrainingInterrupted as stopped:
+        logging.warning("%s", stopped)
+        sys.exit(128 + stopped.signum)  # The shell's code for a process ended by that signal.
 
 
 if __name__ == "__main__":

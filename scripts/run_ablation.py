@@ -8,6 +8,8 @@ Killed at any point, the same command resumes: finished runs are skipped, interr
 continue from their checkpoints. Then write the table and the plot with scripts/make_report.py.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -15,6 +17,7 @@ from ml_collections import config_flags
 from mla_jax.ablation.runner import run_sweep
 from mla_jax.sharding import initialize_distributed
 from mla_jax.training.metrics import quiet_library_logs
+from mla_jax.training.preemption import TrainingInterrupted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file (configs/ablation/*.py).", lock_config=True
@@ -38,7 +41,11 @@ def main(argv):
         seeds = [int(s) for s in _SEEDS.value]
     except ValueError as err:
         raise app.UsageError(f"--seeds={','.join(_SEEDS.value)} must be integers.") from err
-    records = run_sweep(sweep, _WORKDIR.value, _MEMBERS.value, seeds)
+    try:
+        records = run_sweep(sweep, _WORKDIR.value, _MEMBERS.value, seeds)
+    except TrainingInterrupted as stopped:
+        logging.warning("%s", stopped)
+        sys.exit(128 + stopped.signum)
     print(
         f"{len(records)} runs recorded in {_WORKDIR.value}/results.jsonl. "
         f"Report: python scripts/make_report.py --workdir={_WORKDIR.value}"

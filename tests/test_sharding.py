@@ -143,7 +143,7 @@ def test_checkpoint_restores_on_another_mesh(tiny_config, batches, tmp_path, sou
     config = tiny_config("gqa")
     _, state, _ = run_steps(with_mesh(config, source), source, batches, num_steps=1)
     cfg, tx = model_config_from(config.model, 258), make_optimizer(config)
-    manager = checkpoints.make_manager(str(tmp_path), config)
+    manager = checkpoints.make_manager(str(tmp_path), config, for_training=True)
     checkpoints.save(manager, state, cfg)
     manager.wait_until_finished()
     partitioner = partitioner_for(config, target)

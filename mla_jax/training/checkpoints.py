@@ -33,9 +33,37 @@ def checkpoint_directory(workdir: str, config: ml_collections.ConfigDict) -> str
     return directory if "://" in directory else os.path.abspath(directory)
 
 
-def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True)
-    return ocp.CheckpointManager(checkpoint_directory(workdir, config), options=options)
+def make_manager(
+    workdir: str, config: ml_collections.ConfigDict, for_training: bool = False
+) -> ocp.CheckpointManager:
+    """Orbax manager of the run's checkpoints, keeping the last `config.checkpoints_to_keep`.
+
+    A checkpoint cut off during its save stays a temporary folder that orbax never lists as a
+    step, so restoring falls back to the previous complete one. The trainer logs a warning for
+    each and lets orbax remove them; readers (eval, generate) leave them, since a training run
+    may be writing one at that moment.
+    """
+    directory = checkpoint_directory(workdir, config)
+    if for_training:
+        _warn_cut_off(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.checkpoints_to_keep,
+        create=for_training,
+        cleanup_tmp_directories=for_training,
+        read_only=not for_training,
+    )
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _warn_cut_off(directory: str) -> None:
+    if "://" not in directory and not os.path.isdir(directory):
+        return
+    for path in ocp.step.all_temporary_paths(directory):
+        logging.warning(
+            "Ignoring %s: a checkpoint cut off during its save. Training resumes from the "
+            "latest complete checkpoint; the partial folder is removed.",
+            path.get(),
+        )
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, model_cfg: ModelConfig) -> None:
@@ -60,9 +88,17 @@ def restore(
         raise CheckpointError(f"No checkpoint found in {manager.directory}.")
     saved = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
     _check_model_config(saved["model_config"], model_cfg, manager.directory, step)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    )
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+    except (OSError, ValueError) as error:
+        older = [s for s in manager.all_steps() if s < step]
+        fallback = f"step {max(older)}" if older else "scratch"
+        raise CheckpointError(
+            f"Cannot read the checkpoint at step {step} in {manager.directory} ({error}). "
+            f"Move its folder out of that directory to resume from {fallback}."
+        ) from error
     logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
     return restored["state"]
 

@@ -19,8 +19,10 @@ from mla_jax import data, evaluation
 from mla_jax.config import ModelConfig, model_config_from, validate_experiment
 from mla_jax.sharding import Partitioner, make_partitioner
 from mla_jax.training import checkpoints
+from mla_jax.training.guards import FiniteGuard
 from mla_jax.training.metrics import MetricWriter
 from mla_jax.training.optimizer import make_optimizer
+from mla_jax.training.preemption import StopRequest, TrainingInterrupted
 from mla_jax.training.workdir import check_saved_config, check_workdir, write_run_records
 from mla_jax.training.state import TrainState, create_train_state, model_graphdef, train_step_for
 
@@ -95,14 +97,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change=F
     partitioner = make_partitioner(config)
     os.makedirs(workdir, exist_ok=True)
     tx = make_optimizer(config)
-    manager = checkpoints.make_manager(workdir, config)
+    manager = checkpoints.make_manager(workdir, config, for_training=True)
     state = _start_state(config, model_cfg, tx, manager, partitioner)
     if jax.process_index() == 0:
         write_run_records(workdir, config)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     loop = _Loop(config, model_cfg, partitioner, manager, writer)
     try:
-        state = loop.run(state, batches, val_windows)
+        with StopRequest() as stop:
+            state = loop.run(state, batches, val_windows, stop)
     finally:
         writer.close()
         manager.wait_until_finished()
@@ -120,6 +123,15 @@ class _Loop:
         graphdef = model_graphdef(model_cfg)
         self.eval_loss_fn = evaluation.make_loss_fn(graphdef, partitioner, shardings.params)
         self.rows = partitioner.process_rows(config.batch_size)
+        self.guard = FiniteGuard(manager)
+
+    def save(self, state: TrainState) -> None:
+        self.guard.check()
+        checkpoints.save(self.manager, state, self.model_cfg)
+
+    def log(self, step: int, metrics: dict, throughput: _Throughput, extra=None) -> None:
+        self.guard.check(upto=step)
+        _log(self.writer, step, metrics, throughput, extra)
 
     def batch(self, batches: data.TrainBatches, step: int) -> dict:
         local = batches.batch_at(step, self.rows)
@@ -137,8 +149,9 @@ class _Loop:
         )
         return {"val_loss": scores["loss"], "val_perplexity": scores["perplexity"]}
 
-    def run(self, state: TrainState, batches, val_windows) -> TrainState:
-        config, writer = self.config, self.writer
+    def run(self, state: TrainState, batches, val_windows, stop: StopRequest) -> TrainState:
+        """Train from state.step to num_train_steps; on a stop request, save and raise."""
+        config = self.config
         total, first = config.num_train_steps, int(state.step)
         if first >= total:
             logging.info("Step %d reached num_train_steps=%d: nothing to train.", first, total)
@@ -150,12 +163,13 @@ class _Loop:
         for step in range(first, total):
             state, metrics = self.train_step(state, self.batch(batches, step))
             done = step + 1
+            self.guard.add(done, metrics.pop("finite"))
             if step == first:
                 # Wait once, so that compilation time stays out of the throughput figures.
                 jax.block_until_ready(metrics)
                 throughput.reset(done)
             if pending is not None:
-                _log(writer, *pending, throughput)
+                self.log(*pending, throughput)
             pending = (done, metrics) if done % config.log_every == 0 or done == total else None
             progress.update(1)
             evaluate_now = val_windows is not None and done % config.eval_every == 0
@@ -168,14 +182,26 @@ class _Loop:
                     jax.block_until_ready(metrics)
                     extra = {**throughput.measure(done), **self.validate(state.params, val_windows)}
                 if evaluate_now or pending is not None:
-                    _log(writer, done, metrics, throughput, extra)
+                    self.log(done, metrics, throughput, extra)
                     pending = None
                 if save_now:
-                    checkpoints.save(self.manager, state, self.model_cfg)
+                    self.save(state)
                 throughput.reset(done)
+            if stop.should_stop(done):
+                self.stop(state, pending, throughput, stop.signum)
         if pending is not None:
-            _log(writer, *pending, throughput)
+            self.log(*pending, throughput)
         progress.close()
         if self.manager.latest_step() != int(state.step):
-            checkpoints.save(self.manager, state, self.model_cfg)
+            self.save(state)
         return state
+
+    def stop(self, state: TrainState, pending, throughput, signum: int):
+        """Log what is pending, save the current step (unless just saved) and raise."""
+        if pending is not None:
+            self.log(*pending, throughput)
+        step = int(state.step)
+        if self.manager.latest_step() != step:
+            self.save(state)
+        self.manager.wait_until_finished()
+        raise TrainingInterrupted(step, signum)

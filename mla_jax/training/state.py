@@ -110,9 +110,12 @@ def make_train_step(
             loss, grads = loss_and_grads(graphdef, state.params, batch, accum_steps)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
+            # Checked on the host before any checkpoint is written (see training/guards.py).
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
             # The rate applied in this update: optax counts from 0 before the first update.
             "learning_rate": schedule(state.step),
         }
