@@ -12,6 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mla_jax import cli
 from mla_jax.sharding import initialize_distributed
 from mla_jax.training.loop import train
 from mla_jax.training.preemption import TrainingInterrupted
@@ -33,8 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.parse_flags rejects positional arguments.
     quiet_library_logs()
     initialize_distributed(_CONFIG.value.distributed)
     logging.info(
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -288,31 +288,65 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, cache_dtype: str | None = None) -
 
 def validate_experiment(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
     """Check the run-level fields of an experiment config against each other and the model."""
-    for name in ("num_train_steps", "batch_size", "seq_len", "eval_batch_size", "log_every"):
-        value = config[name]
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"config.{name}={value!r} must be a positive integer.")
-    for name in ("eval_every", "checkpoint_every", "warmup_steps"):
-        if config[name] < 0:
-            raise ConfigError(f"config.{name}={config[name]} must be >= 0 (0 disables it).")
+    validate_evaluation(config, model_cfg)
+    _validate_steps(config)
+    _validate_optimizer(config)
+
+
+def validate_evaluation(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
+    """Check the fields that evaluation reads: the window length and the batch sizes."""
+    for name in ("batch_size", "seq_len", "eval_batch_size"):
+        _check_int(config, name, minimum=1)
     if config.seq_len > model_cfg.max_seq_len:
         raise ConfigError(
             f"config.seq_len={config.seq_len} exceeds config.model.max_seq_len="
             f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len."
         )
-    if not config.learning_rate > 0:
-        raise ConfigError(f"config.learning_rate={config.learning_rate} must be positive.")
-    if not 0 <= config.min_lr_ratio <= 1:
-        raise ConfigError(f"config.min_lr_ratio={config.min_lr_ratio} must lie in [0, 1].")
+
+
+def _check_int(config: ml_collections.ConfigDict, name: str, minimum: int) -> None:
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        meaning = "a positive integer" if minimum == 1 else "an integer >= 0 (0 disables it)"
+        raise ConfigError(f"config.{name}={value!r} must be {meaning}.")
+
+
+def _validate_steps(config: ml_collections.ConfigDict) -> None:
+    for name in ("num_train_steps", "log_every", "checkpoints_to_keep", "grad_accum_steps"):
+        _check_int(config, name, minimum=1)
+    for name in ("eval_every", "checkpoint_every", "warmup_steps"):
+        _check_int(config, name, minimum=0)
     if config.warmup_steps >= config.num_train_steps:
         raise ConfigError(
             f"config.warmup_steps={config.warmup_steps} leaves no step for the decay "
             f"(num_train_steps={config.num_train_steps}); make the warmup shorter than the run."
         )
-    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+    if config.batch_size % config.grad_accum_steps:
         raise ConfigError(
-            f"config.grad_accum_steps={config.grad_accum_steps} must be positive and divide "
-            f"config.batch_size={config.batch_size}."
+            f"config.grad_accum_steps={config.grad_accum_steps} does not divide "
+            f"config.batch_size={config.batch_size}; pick a divisor of batch_size."
         )
-    if config.checkpoints_to_keep < 1:
-        raise ConfigError(f"config.checkpoints_to_keep={config.checkpoints_to_keep} must be >= 1.")
+    max_windows = config.train_eval_max_windows
+    if max_windows is not None and (not isinstance(max_windows, int) or max_windows < 1):
+        raise ConfigError(
+            f"config.train_eval_max_windows={max_windows!r} must be a positive integer, or None "
+            "to score every validation window during training."
+        )
+
+
+def _validate_optimizer(config: ml_collections.ConfigDict) -> None:
+    # `not x > 0` rather than `x <= 0`, so that NaN is rejected too.
+    for name in ("learning_rate", "adam_eps"):
+        if not config[name] > 0:
+            raise ConfigError(f"config.{name}={config[name]} must be positive.")
+    for name in ("weight_decay", "grad_clip_norm"):
+        if not config[name] >= 0:
+            raise ConfigError(f"config.{name}={config[name]} must be >= 0 (0 disables it).")
+    if not 0 <= config.min_lr_ratio <= 1:
+        raise ConfigError(f"config.min_lr_ratio={config.min_lr_ratio} must lie in [0, 1].")
+    for name in ("adam_b1", "adam_b2"):
+        if not 0 <= config[name] < 1:
+            raise ConfigError(
+                f"config.{name}={config[name]} must lie in [0, 1); AdamW commonly uses 0.9 to "
+                "0.999."
+            )

@@ -21,6 +21,7 @@ from flax import nnx
 
 from mla_jax import data
 from mla_jax.config import kv_cache_bytes_per_token, kv_cache_elements_per_token_per_layer
+from mla_jax.config import model_config_from, validate_evaluation
 from mla_jax.decoding import cached_token_losses
 from mla_jax.losses import token_losses
 from mla_jax.model import count_params
@@ -145,6 +146,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_chang
 
     workdir = check_workdir(workdir)
     check_saved_config(workdir, config, EVAL_FIELDS, allow_config_change)
+    validate_evaluation(config, model_config_from(config.model, data.vocab_size(config.data)))
     partitioner = make_partitioner(config)
     model, step = load_model(config, workdir, partitioner)
     model_cfg = model.cfg

@@ -52,7 +52,8 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
         if num_devices % fixed:
             raise ShardingError(
                 f"config.mesh={dict(zip(MESH_AXES, sizes))}: {num_devices} devices do not divide by "
-                f"the fixed axes' product {fixed}."
+                f"the fixed axes' product {fixed}; choose fixed sizes whose product divides "
+                f"{num_devices}."
             )
         sizes[fills[0]] = num_devices // fixed
     if math.prod(sizes) != num_devices:

@@ -10,6 +10,7 @@ EOS (unless --nostop_at_eos) or after max_new_tokens tokens. Temperature 0 is gr
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mla_jax import cli
 from mla_jax.data import make_tokenizer
 from mla_jax.decoding import generate
 from mla_jax.training.checkpoints import load_model
@@ -34,8 +35,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.parse_flags rejects positional arguments.
     config = _CONFIG.value
     tokenizer = make_tokenizer(config.data)
     model, step = load_model(config, _WORKDIR.value)
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

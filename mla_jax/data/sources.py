@@ -56,7 +56,9 @@ def load_documents(data_config: ml_collections.ConfigDict, split: str) -> list[s
         text_field = _checked_text_field(data_config, dataset)
     else:
         raise ValueError(f"Unknown data.source={source!r}: expected one of {list(SOURCES)}.")
-    documents = _checked_documents(list(dataset[text_field]), split, source)
+    documents = _checked_documents(
+        list(dataset[text_field]), split, source, _split_origin(data_config, split)
+    )
     logging.info(
         "Loaded split %s from source %s: %d documents, %d characters",
         split,
@@ -181,8 +183,29 @@ def _checked_text_field(data_config: ml_collections.ConfigDict, dataset: dataset
     return text_field
 
 
-def _checked_documents(texts: list, split: str, source: str) -> list[str]:
-    """Drops empty documents and raises if none with visible text remains."""
+def _split_origin(data_config: ml_collections.ConfigDict, split: str) -> tuple[str, str]:
+    """Return the config fields that choose the documents of `split`, bare and with values."""
+    source = data_config.get("source", "shakespeare")
+    if source == "text":
+        field = f"data.{split}_files"
+        return field, f"{field}={data_config.get(f'{split}_files', None)!r}"
+    if source == "hub":
+        split_name = data_config.get(f"{split}_split", split)
+        return (
+            f"data.hub_name or data.{split}_split",
+            f"data.hub_name={data_config.get('hub_name', None)!r}, "
+            f"data.{split}_split={split_name!r}",
+        )
+    return "data.source", f"data.source={source!r}"
+
+
+def _checked_documents(
+    texts: list, split: str, source: str, origin: tuple[str, str]
+) -> list[str]:
+    """Drops empty documents and raises if none with visible text remains.
+
+    `origin` contains the config fields that chose the documents, bare and with their values.
+    """
     documents = []
     for row, text in enumerate(texts):
         if not isinstance(text, str):
@@ -197,7 +220,8 @@ def _checked_documents(texts: list, split: str, source: str) -> list[str]:
         logging.info("Dropped %d empty documents from split %s (source %s)", dropped, split, source)
     if not any(doc.strip() for doc in documents):
         raise ValueError(
-            f"Split {split} of source {source} is empty: it has {len(texts)} documents and none "
-            "contains text other than whitespace. Point the split at files or rows with text."
+            f"Split {split} of source {source} is empty: {origin[1]} gives {len(texts)} "
+            f"documents, and none contains text other than whitespace. Set {origin[0]} to "
+            "files or rows with text."
         )
     return documents

@@ -19,6 +19,10 @@ import numpy as np
 import tokenizers
 
 BYTE_TOKENIZER = "byte"
+_TOKENIZER_FIX = (
+    "Point data.tokenizer at an intact tokenizer.json, as the tokenizers library's "
+    "Tokenizer.save writes it, or set data.tokenizer='byte'."
+)
 
 
 class Tokenizer(Protocol):
@@ -116,13 +120,17 @@ def _load_tokenizer_file(path: str) -> tokenizers.Tokenizer:
         json.loads(text)
     # UnicodeDecodeError and json.JSONDecodeError are both ValueErrors.
     except ValueError as err:
-        raise ValueError(f"Tokenizer file {path!r} is not valid UTF-8 JSON: {err}") from err
+        raise ValueError(
+            f"Tokenizer file {path!r} (data.tokenizer) is not valid UTF-8 JSON: {err}. "
+            f"{_TOKENIZER_FIX}"
+        ) from err
     try:
         return tokenizers.Tokenizer.from_str(text)
     # The Rust library raises a bare Exception for every parse error.
     except Exception as err:  # pylint: disable=broad-exception-caught
         raise ValueError(
-            f"Tokenizer file {path!r} is not a valid Hugging Face tokenizer.json: {err}"
+            f"Tokenizer file {path!r} (data.tokenizer) is not a valid Hugging Face "
+            f"tokenizer.json: {err}. {_TOKENIZER_FIX}"
         ) from err
 
 
