@@ -2,7 +2,8 @@
 
 `import_checkpoint(hf_dir)` reads a Hugging Face model folder (config.json plus one or several
 safetensors files, float32, float16 or bfloat16) and returns the ModelConfig and the nnx
-parameters of a `Transformer` that computes what DeepSeek's model computes.
+parameters of a `Transformer` whose outputs match transformers 5.25's DeepseekV2/V3 models
+(tests/test_deepseek_import.py compares them in float32).
 
 Imported: token embedding, lm_head (or tied embeddings), every RMSNorm, MLA attention with or
 without query compression, and the SwiGLU MLPs of dense layers. The vocabulary is padded to a
