@@ -74,12 +74,19 @@ CASES = {
 }
 
 
+REQUIREMENTS_HINT = "pip install -r requirements-test.txt"
+
+
 def hf_libraries():
-    reason = "needs torch and transformers: pip install -r requirements-test.txt"
+    reason = f"needs torch, transformers and safetensors: {REQUIREMENTS_HINT}"
     torch = pytest.importorskip("torch", reason=reason)
     transformers = pytest.importorskip("transformers", reason=reason)
     pytest.importorskip("safetensors", reason=reason)
     return torch, transformers
+
+
+def needs_safetensors():
+    pytest.importorskip("safetensors", reason=f"needs safetensors: {REQUIREMENTS_HINT}")
 
 
 def build_hf_model(family: str, fields: dict, seed: int = 0):
@@ -358,6 +365,7 @@ def test_workdir_rejects_moe_layers(tmp_path):
 
 
 def test_experiment_config_uses_tokenizer_files(tmp_path):
+    needs_safetensors()
     import tokenizers
 
     from mla_jax import data
@@ -380,6 +388,7 @@ def test_experiment_config_uses_tokenizer_files(tmp_path):
 
 
 def test_experiment_config_without_tokenizer(tmp_path):
+    needs_safetensors()
     from mla_jax.interop.workdir import experiment_config
 
     (tmp_path / "config.json").write_text(json.dumps(hf_config()))
