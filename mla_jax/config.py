@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import ml_collections
 from ml_collections import config_dict
@@ -16,6 +17,7 @@ from ml_collections import config_dict
 ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
 DTYPES = ("float32", "bfloat16")
 MLA_DECODE_MODES = ("absorbed", "naive")
+ROPE_SCALING_TYPES = ("yarn",)
 # The vocabulary dimension is padded to a multiple of this so that it shards on any mesh.
 VOCAB_PAD_MULTIPLE = 128
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -49,6 +51,25 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """YaRN RoPE scaling with DeepSeek-V2/V3's field names (`rope_scaling` in their config.json).
+
+    RoPE frequencies between the beta_fast and beta_slow rotation counts (over
+    original_max_position_embeddings) are interpolated by `factor`. cos and sin are multiplied by
+    m(mscale) / m(mscale_all_dim) and the softmax scale by m(mscale_all_dim)^2, where
+    m(x) = 0.1 * x * ln(factor) + 1 (1 when factor <= 1); see `mla_jax.model.layers`.
+    """
+
+    type: str
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of one transformer; fields are documented in `base_config()`."""
 
@@ -72,8 +93,13 @@ class ModelConfig:
     dtype: str
     cache_dtype: str
     mla_decode: str
+    # None: plain RoPE. The default here lets configs saved before this field existed load.
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self):
+        if isinstance(self.rope_scaling, Mapping):
+            # ConfigDicts and checkpoint JSON carry the scaling as a dict.
+            object.__setattr__(self, "rope_scaling", _rope_scaling_from(self.rope_scaling))
         _validate(self)
 
     @property
@@ -172,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.max_seq_len = 1024  # Maximum sequence length in tokens, for training and for the KV cache.
     m.tie_embeddings = True  # Output projection reuses the token embedding.
     m.rope_theta = 10000.0
+    # MLA only. None: plain RoPE. Else a dict of RopeScaling fields, e.g. {"type": "yarn",
+    # "factor": 40.0, "original_max_position_embeddings": 4096, "mscale_all_dim": 0.707}.
+    m.rope_scaling = None
     m.norm_eps = 1e-6
     m.dtype = "float32"  # Compute dtype; parameters, log-softmax and loss stay float32.
     m.cache_dtype = "float32"  # KV-cache dtype at decode time.
@@ -217,6 +246,46 @@ def _resolve_num_kv_heads(fields: dict) -> int:
         )
     # MLA has no KV heads; record num_heads so the field is never None.
     return heads if kv_heads is None else kv_heads
+
+
+def _rope_scaling_from(fields: Mapping) -> RopeScaling:
+    fields = dict(fields)
+    known = {f.name for f in dataclasses.fields(RopeScaling)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config.model.rope_scaling fields {unknown}; valid fields: {sorted(known)}."
+        )
+    required = [f.name for f in dataclasses.fields(RopeScaling) if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise ConfigError(f"config.model.rope_scaling lacks the fields {missing}.")
+    return RopeScaling(**fields)
+
+
+def _validate_rope_scaling(cfg: ModelConfig) -> None:
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return
+    if not isinstance(scaling, RopeScaling):
+        raise ConfigError(
+            f"config.model.rope_scaling={scaling!r} must be None or a dict of RopeScaling fields."
+        )
+    if scaling.type not in ROPE_SCALING_TYPES:
+        raise ConfigError(
+            f"config.model.rope_scaling type {scaling.type!r} is not supported; choose one of "
+            f"{ROPE_SCALING_TYPES} or None."
+        )
+    if cfg.attention != "mla":
+        raise ConfigError(
+            f"config.model.rope_scaling is implemented for attention='mla' only, not "
+            f"{cfg.attention!r}; set it to None."
+        )
+    if not scaling.factor > 0 or not scaling.original_max_position_embeddings > 0:
+        raise ConfigError(
+            f"config.model.rope_scaling needs a positive factor and "
+            f"original_max_position_embeddings, got {scaling}."
+        )
 
 
 def _validate(cfg: ModelConfig) -> None:
@@ -265,6 +334,7 @@ def _validate_choices(cfg: ModelConfig) -> None:
         raise ConfigError(f"config.model.rope_theta={cfg.rope_theta} must be positive.")
     if not cfg.norm_eps > 0:
         raise ConfigError(f"config.model.norm_eps={cfg.norm_eps} must be positive.")
+    _validate_rope_scaling(cfg)
 
 
 def kv_cache_elements_per_token_per_layer(cfg: ModelConfig) -> int:

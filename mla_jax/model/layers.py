@@ -8,11 +8,14 @@ GPT-2: normal(0.02) everywhere, with projections back into the residual stream s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from mla_jax.config import RopeScaling
 
 INIT_STD = 0.02
 
@@ -60,21 +63,84 @@ class RMSNorm(nnx.Module):
         return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def apply_rope(
+    x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling | None = None
+) -> jax.Array:
     """Rotate x [B, T, ..., H] by the angles of positions [B, T].
 
     Uses the half-split layout (dim i pairs with dim i + H/2), the convention of GPT-NeoX and
-    Llama; DeepSeek's checkpoints pair adjacent dims instead and need their weights permuted.
+    Llama; DeepSeek's checkpoints pair adjacent dims instead and need their weights permuted
+    (see `mla_jax.interop.deepseek`).
     """
     half = x.shape[-1] // 2
-    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    inv_freq, attenuation = rope_frequencies(half, theta, scaling)  # [H/2], scalar
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     # Broadcast over any head axes that sit between T and H.
     angles = angles.reshape(angles.shape[:2] + (1,) * (x.ndim - 3) + (half,))
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    cos, sin = attenuation * jnp.cos(angles), attenuation * jnp.sin(angles)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
+
+
+def rope_frequencies(
+    half: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[jax.Array, float]:
+    """Return the inverse frequencies [H/2] of the RoPE pairs and the factor on cos and sin.
+
+    Without scaling, pair i turns at theta^(-i / (H/2)) and the factor is 1. With YaRN, pairs
+    that turn fewer than beta_slow times over original_max_position_embeddings are slowed by
+    `factor`, pairs that turn more than beta_fast times are kept, and a linear ramp blends the
+    pairs in between. The factor on cos and sin is yarn_mscale(mscale) divided by
+    yarn_mscale(mscale_all_dim), as in DeepSeek's own modeling code.
+
+    NOTE: transformers 5.25 (`_compute_yarn_parameters`) uses that ratio only when mscale and
+    mscale_all_dim are both nonzero, and yarn_mscale(factor, 1) otherwise. The two disagree
+    when exactly one of them is 0 and mscale is not 1. DeepSeek's released configs set both.
+    """
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if scaling is None:
+        return inv_freq, 1.0
+    low, high = _yarn_ramp_bounds(2 * half, theta, scaling)
+    ramp = jnp.clip((jnp.arange(half, dtype=jnp.float32) - low) / (high - low), 0.0, 1.0)
+    inv_freq = inv_freq / scaling.factor * ramp + inv_freq * (1.0 - ramp)
+    attenuation = yarn_mscale(scaling.factor, scaling.mscale) / yarn_mscale(
+        scaling.factor, scaling.mscale_all_dim
+    )
+    return inv_freq, attenuation
+
+
+def _yarn_ramp_bounds(dim: int, theta: float, scaling: RopeScaling) -> tuple[float, float]:
+    """Pair indices where the YaRN ramp starts and ends (beta_fast and beta_slow rotations)."""
+
+    def pair_index(rotations: float) -> float:
+        # The pair whose wavelength fits `rotations` times into the original context.
+        wavelength = scaling.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return dim * math.log(wavelength) / (2 * math.log(theta))
+
+    low = max(math.floor(pair_index(scaling.beta_fast)), 0)
+    high = min(math.ceil(pair_index(scaling.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # An empty ramp would divide by zero, so widen it as transformers does.
+    return low, high
+
+
+def yarn_mscale(factor: float, mscale: float) -> float:
+    """YaRN's attention temperature 0.1 * mscale * ln(factor) + 1, or 1 when factor <= 1."""
+    if factor <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(factor) + 1.0
+
+
+def softmax_scale_correction(scaling: RopeScaling | None) -> float:
+    """Return the factor DeepSeek's YaRN puts on the softmax scale: yarn_mscale(mscale_all_dim)^2.
+
+    It applies to all query-key dims, not only the rotated ones. It is 1 without scaling or
+    when mscale_all_dim is 0.
+    """
+    if scaling is None or not scaling.mscale_all_dim:
+        return 1.0
+    return yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
 
 
 class SwiGLU(nnx.Module):

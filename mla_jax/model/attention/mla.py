@@ -4,7 +4,8 @@ Keys and values are compressed jointly into a latent c_kv [C] per token; per-hea
 k_nope [N, Hn] and values v [N, Hv] are up-projected from it. Position enters through a
 decoupled RoPE key k_rope [R], computed from the hidden state and shared by all heads. Queries
 come either through a low-rank latent c_q [Q] with its own RMSNorm (q_lora_rank set) or
-straight from the hidden state (q_lora_rank None). The softmax scale is 1/sqrt(Hn + R).
+straight from the hidden state (q_lora_rank None). The softmax scale is 1/sqrt(Hn + R), times
+DeepSeek's YaRN correction when cfg.rope_scaling is set.
 
 Caches, per token and layer: the RMS-normalized latent c_kv and the rotated k_rope, C + R
 elements, in two arrays `latent` [B, S, C] and `rope_key` [B, S, R]; never per-head keys or
@@ -27,7 +28,14 @@ from flax import nnx
 
 from mla_jax.config import ModelConfig
 from mla_jax.model.attention.base import causal_mask, masked_softmax
-from mla_jax.model.layers import RMSNorm, apply_rope, einsum, make_param, output_projection
+from mla_jax.model.layers import (
+    RMSNorm,
+    apply_rope,
+    einsum,
+    make_param,
+    output_projection,
+    softmax_scale_correction,
+)
 
 
 class MultiHeadLatentAttention(nnx.Module):
@@ -52,8 +60,9 @@ class MultiHeadLatentAttention(nnx.Module):
         self.w_o = make_param(rngs, (n, hv, d), ("heads", "head_dim", "embed"), std=out_std)
         self.q_lora_rank, self.kv_lora_rank = cfg.q_lora_rank, c
         self.nope_dim, self.rope_dim = hn, hr
-        self.scale = 1.0 / math.sqrt(hn + hr)
-        self.rope_theta = cfg.rope_theta
+        # YaRN (cfg.rope_scaling) also raises the softmax scale, over all Hn + R dims.
+        self.scale = softmax_scale_correction(cfg.rope_scaling) / math.sqrt(hn + hr)
+        self.rope_theta, self.rope_scaling = cfg.rope_theta, cfg.rope_scaling
         self.mode = cfg.mla_decode
         self.dtype = jnp.dtype(cfg.dtype)
 
@@ -66,7 +75,9 @@ class MultiHeadLatentAttention(nnx.Module):
     def project_kv(self, x: jax.Array, positions: jax.Array) -> dict[str, jax.Array]:
         down = einsum("BTD,DC->BTC", x, self.w_dkv, self.dtype)
         latent = self.kv_norm(down[..., : self.kv_lora_rank])
-        rope_key = apply_rope(down[..., self.kv_lora_rank :], positions, self.rope_theta)
+        rope_key = apply_rope(
+            down[..., self.kv_lora_rank :], positions, self.rope_theta, self.rope_scaling
+        )
         return {"latent": latent, "rope_key": rope_key}
 
     def project_query(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -76,7 +87,7 @@ class MultiHeadLatentAttention(nnx.Module):
             q_latent = self.q_norm(einsum("BTD,DQ->BTQ", x, self.w_dq, self.dtype))
             query = einsum("BTQ,QNH->BTNH", q_latent, self.w_uq, self.dtype)
         q_nope, q_rope = query[..., : self.nope_dim], query[..., self.nope_dim :]
-        return q_nope, apply_rope(q_rope, positions, self.rope_theta)
+        return q_nope, apply_rope(q_rope, positions, self.rope_theta, self.rope_scaling)
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Causal attention over x itself; naive mode, cheaper than absorbed when T is large."""

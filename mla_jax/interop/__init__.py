@@ -1,0 +1,1 @@
+"""Importers of checkpoints trained outside this project (see `deepseek`)."""
