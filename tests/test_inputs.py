@@ -60,7 +60,12 @@ def run_entry_point(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_valid_command_line_parses():
-    argv = ["train.py", f"--config={TINY}:gqa", "--workdir=/tmp/run", "--config.model.num_kv_heads=1"]
+    argv = [
+        "train.py",
+        f"--config={TINY}:gqa",
+        "--workdir=/tmp/run",
+        "--config.model.num_kv_heads=1",
+    ]
     flag_values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "config", None, "Config file.", flag_values=flag_values, lock_config=True, sys_argv=argv

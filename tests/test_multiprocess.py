@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -83,3 +85,42 @@ def test_two_processes_match_one(tmp_path):
     assert len(losses(shared)) == STEPS  # only process 0 writes metrics
     np.testing.assert_allclose(losses(shared), losses(tmp_path / "one_process"), atol=1e-5, rtol=0)
     assert (shared / "checkpoints" / str(STEPS)).is_dir()
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
+    """A preemption notice to process 1 only: both stop at the step the sync point picks."""
+    port = free_port()
+    distributed = [
+        "--config.num_train_steps=200",
+        "--config.distributed.initialize=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        "--config.mesh.data=2",
+        "--config.mesh.fsdp=4",
+    ]
+    driver = [str(REPO / "tests" / "interrupt_driver.py"), "sigterm", "3"]
+    commands = [
+        train_command(tmp_path, *distributed, "--config.distributed.process_id=0"),
+        train_command(tmp_path, *distributed, "--config.distributed.process_id=1"),
+    ]
+    commands[1][1:2] = driver  # Process 1 runs train.py through the driver.
+    workers = [
+        subprocess.Popen(
+            command,
+            env=environment(4),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command in commands
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    stopped = []
+    for rank, (worker, output) in enumerate(zip(workers, outputs)):
+        assert worker.returncode == 128 + signal.SIGTERM, f"process {rank}:\n{output[-3000:]}"
+        found = re.search(r"Stopped on SIGTERM after saving a checkpoint at step (\d+)", output)
+        assert found, f"process {rank}:\n{output[-3000:]}"
+        stopped.append(int(found.group(1)))
+    assert stopped[0] == stopped[1] < 200
+    assert (tmp_path / "checkpoints" / str(stopped[0])).is_dir()

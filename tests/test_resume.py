@@ -11,9 +11,15 @@ import signal
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from conftest import REPO
+from mla_jax.training import loop
+from mla_jax.training.checkpoints import CheckpointError, load_model
+from mla_jax.training.guards import NonFiniteError
 
 STEPS = 8
 MESH = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
@@ -114,3 +120,53 @@ def test_second_signal_exits_without_saving(tmp_path):
     assert killed.returncode == -signal.SIGTERM, killed.stderr[-3000:]
     assert "Second SIGTERM: exiting now without saving" in killed.stderr
     assert max(_checkpoint_steps(tmp_path)) <= 4
+
+
+def _short_run(tiny_config, steps):
+    config = tiny_config("mha")
+    config.num_train_steps, config.checkpoint_every = steps, 2
+    config.log_every, config.eval_every = 1, 0
+    return config
+
+
+def test_nonfinite_step_stops_before_checkpoint(tiny_config, tmp_path, monkeypatch):
+    real = loop.train_step_for
+
+    def poisoned(*args):
+        train_step, shardings = real(*args)
+
+        def step(state, batch):
+            if int(state.step) == 4:  # The update that makes step 5 reads NaN weights.
+                state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+            return train_step(state, batch)
+
+        return step, shardings
+
+    monkeypatch.setattr(loop, "train_step_for", poisoned)
+    config = _short_run(tiny_config, 8)
+    with pytest.raises(NonFiniteError, match=r"at step 5; .* last good checkpoint is step 4 "):
+        loop.train(config, str(tmp_path))
+    assert _checkpoint_steps(tmp_path) == [2, 4]
+    model, step = load_model(config, str(tmp_path))
+    assert step == 4
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(bool(jnp.isfinite(p).all()) for p in params)
+    assert [r[0] for r in _losses(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_resume_keeps_the_earlier_config(tiny_config, tmp_path):
+    loop.train(_short_run(tiny_config, 4), str(tmp_path))
+    loop.train(_short_run(tiny_config, 6), str(tmp_path))
+    with open(tmp_path / "config.before_step_4.json") as f:
+        assert json.load(f)["num_train_steps"] == 4
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["num_train_steps"] == 6
+
+
+def test_checkpoint_dir_that_is_a_file(tiny_config, tmp_path):
+    config = _short_run(tiny_config, 4)
+    config.checkpoint_dir = str(tmp_path / "file")
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(CheckpointError, match="is a file; set --config.checkpoint_dir"):
+        loop.train(config, str(tmp_path / "run"))
+    assert (tmp_path / "file").read_text() == "not a directory"

@@ -199,9 +199,7 @@ def _split_origin(data_config: ml_collections.ConfigDict, split: str) -> tuple[s
     return "data.source", f"data.source={source!r}"
 
 
-def _checked_documents(
-    texts: list, split: str, source: str, origin: tuple[str, str]
-) -> list[str]:
+def _checked_documents(texts: list, split: str, source: str, origin: tuple[str, str]) -> list[str]:
     """Drops empty documents and raises if none with visible text remains.
 
     `origin` contains the config fields that chose the documents, bare and with their values.

@@ -44,6 +44,11 @@ def make_manager(
     may be writing one at that moment.
     """
     directory = checkpoint_directory(workdir, config)
+    if os.path.isfile(directory):
+        raise CheckpointError(
+            f"The checkpoint directory {directory} is a file; set --config.checkpoint_dir to a "
+            "directory path, or leave it empty for WORKDIR/checkpoints."
+        )
     if for_training:
         _warn_cut_off(directory)
     options = ocp.CheckpointManagerOptions(
@@ -85,7 +90,10 @@ def restore(
     """Restore `step` (default: the latest) after checking that it was saved by this model."""
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise CheckpointError(f"No checkpoint found in {manager.directory}.")
+        raise CheckpointError(
+            f"No checkpoint found in {manager.directory}. Train first with train.py: a run "
+            "saves every checkpoint_every steps and at its end."
+        )
     saved = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
     _check_model_config(saved["model_config"], model_cfg, manager.directory, step)
     try:

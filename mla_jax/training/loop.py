@@ -100,7 +100,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change=F
     manager = checkpoints.make_manager(workdir, config, for_training=True)
     state = _start_state(config, model_cfg, tx, manager, partitioner)
     if jax.process_index() == 0:
-        write_run_records(workdir, config)
+        write_run_records(workdir, config, int(state.step))
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     loop = _Loop(config, model_cfg, partitioner, manager, writer)
     try:

@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 
 import jax
 
@@ -43,4 +44,5 @@ def run_info() -> dict:
         "process_count": jax.process_count(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
+        "command": sys.argv,
     }

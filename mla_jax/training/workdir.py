@@ -64,7 +64,17 @@ def check_saved_config(
         )
 
 
-def write_run_records(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Record the exact config, and what the run ran on (both rewritten at each resume)."""
-    write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+def write_run_records(workdir: str, config: ml_collections.ConfigDict, step: int = 0) -> None:
+    """Record the exact config, and what the run ran on (both rewritten at each resume).
+
+    A recorded config that differs from this one (a resume with --allow_config_change, or a
+    changed step count) is kept as config.before_step_<step>.json, so the history stays.
+    """
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json())
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f) != current:
+                os.replace(path, os.path.join(workdir, f"config.before_step_{step}.json"))
+    write_json_atomic(path, current)
     write_json_atomic(os.path.join(workdir, "run_info.json"), run_info())
