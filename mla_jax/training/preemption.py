@@ -1,4 +1,4 @@
-"""Stop requests: SIGTERM (a preemption notice) or SIGINT asks the loop to save and stop.
+"""Stop requests: on SIGTERM (a preemption notice) or SIGINT the loop saves and stops.
 
 One process: the first signal sets a flag that the loop reads after each step; the loop saves a
 checkpoint at that step and raises `TrainingInterrupted`. A second signal exits at once, with the
@@ -34,7 +34,7 @@ class TrainingInterrupted(Exception):
 
 
 class StopRequest:
-    """Context manager that installs the handlers; `should_stop(step)` is asked after each step."""
+    """Context manager that installs the signal handlers. The loop calls `should_stop` after each step."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -70,11 +70,11 @@ class StopRequest:
             name,
         )
         if self._multi_process:
-            # JAX's preemption notifier listens for SIGTERM and tells the other processes.
+            # JAX's preemption notifier catches SIGTERM and propagates the notice to all processes.
             os.kill(os.getpid(), signal.SIGTERM)
 
     def should_stop(self, step: int) -> bool:
-        """Whether to save at `step` (the number of updates applied so far) and stop.
+        """Return whether to save at `step` (the number of updates applied so far) and stop.
 
         With several processes this must be called at every step by every process.
         """
