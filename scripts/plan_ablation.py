@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mla_jax import cli
 from mla_jax.ablation import sweep as S
 from mla_jax.config import kv_cache_elements_per_token_per_layer
 
@@ -53,8 +54,7 @@ def member_rows(sweep) -> list[dict]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.parse_flags rejects positional arguments.
     sweep = _CONFIG.value
     S.check_sweep(sweep)
     rows = member_rows(sweep)
@@ -87,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -14,6 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mla_jax import cli
 from mla_jax.ablation.runner import run_sweep
 from mla_jax.sharding import initialize_distributed
 from mla_jax.training.metrics import quiet_library_logs
@@ -29,8 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.parse_flags rejects positional arguments.
     quiet_library_logs()
     sweep = _CONFIG.value
     initialize_distributed(sweep.base.distributed)
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

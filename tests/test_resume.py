@@ -170,3 +170,20 @@ def test_checkpoint_dir_that_is_a_file(tiny_config, tmp_path):
     with pytest.raises(CheckpointError, match="is a file; set --config.checkpoint_dir"):
         loop.train(config, str(tmp_path / "run"))
     assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_unreadable_checkpoint_names_the_fallback(tiny_config, tmp_path):
+    loop.train(_short_run(tiny_config, 4), str(tmp_path))
+    manifest = tmp_path / "checkpoints" / "4" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match="at step 4 .* to resume from step 2"):
+        loop.train(_short_run(tiny_config, 6), str(tmp_path))
+    assert _checkpoint_steps(tmp_path) == [2, 4]
+
+
+def test_empty_checkpoint_directory_says_train_first(tiny_config, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(
+        CheckpointError, match="No checkpoint found in .* Train first with train.py"
+    ):
+        load_model(_short_run(tiny_config, 4), str(tmp_path))

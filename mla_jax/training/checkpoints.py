@@ -100,7 +100,7 @@ def restore(
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
-    except (OSError, ValueError) as error:
+    except Exception as error:  # orbax and tensorstore raise several types for bad files.
         older = [s for s in manager.all_steps() if s < step]
         fallback = f"step {max(older)}" if older else "scratch"
         raise CheckpointError(
