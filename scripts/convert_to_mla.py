@@ -3,9 +3,9 @@
   python scripts/convert_to_mla.py --workdir=SRC --out=DST --kv_lora_rank=R --qk_rope_head_dim=P \
       [--rope_pair_criterion=calibration --calibration_windows=32]
 
-Each KV head keeps RoPE on the P/2 pairs of its dims that score highest (MHA2MLA's 2-norm
-criterion). Its other key dims and its values are factored jointly by SVD through a latent of R.
-DST then holds a checkpoint at step 0 and its config; continue with
+Each KV head keeps RoPE on the P/2 pairs of its dims with the largest query and key 2-norms
+(mla_jax.conversion.rope_pairs). Its other key dims and its values are factored jointly by SVD
+through a latent of R. DST then contains a checkpoint at step 0 and its config. Continue with
 
   python train.py --config=DST/config.py --workdir=DST --config.num_train_steps=STEPS
   python eval.py  --config=DST/config.py --workdir=DST

@@ -23,7 +23,11 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, load_config_module
+from test_ablation import fake_record
 from mla_jax import data, decoding, evaluation
+from mla_jax.ablation import results
+from mla_jax.ablation.report import write_report
+from mla_jax.ablation.table import Budget
 from mla_jax.config import (
     ConfigError,
     base_config,
@@ -34,6 +38,7 @@ from mla_jax.config import (
 from mla_jax.conversion import ConversionError, convert_workdir, rope_pairs
 from mla_jax.conversion.convert import converted_params, read_source_config, target_config
 from mla_jax.conversion.factorize import convert_attention, max_kv_lora_rank, nope_dims
+from mla_jax.conversion.sweep import Finetune, run_conversion_sweep
 from mla_jax.model import Transformer
 from mla_jax.training import checkpoints
 from mla_jax.training.loop import train
@@ -314,7 +319,8 @@ def mla_config(**fields):
         ),
         (
             {"mla_rope_pairs": (((0, 1, 2, 8),), ((0, 1, 2, 3),))},
-            r"mla_rope_pairs\[0\]\[0\]=\(0, 1, 2, 8\) must hold 4 distinct pair indices in \[0, 8\)",
+            r"mla_rope_pairs\[0\]\[0\]=\(0, 1, 2, 8\) must hold 4 distinct pair indices in "
+            r"\[0, 8\)",
         ),
         (
             {"mla_rope_pairs": (((0, 1, 2, 3),), ((0, 1, 1, 3),))},
@@ -496,8 +502,90 @@ def test_unknown_criterion_rejected(trained_source, tmp_path):
         convert_workdir(str(trained_source), str(tmp_path / "out"), 16, ROPE_DIM, "random")
 
 
+# The report: conversion.jsonl as a second curve next to an ablation's results.
+def conversion_line(rank: int, converted: float, finetuned: float, dtype="float32") -> dict:
+    elements = rank + 4 * ROPE_DIM
+    return {
+        "source_attention": "mha",
+        "kv_lora_rank": rank,
+        "qk_rope_head_dim": ROPE_DIM,
+        "kv_cache_elements_per_token_per_layer": elements,
+        "kv_cache_bytes_per_token": elements * 2 * 4,
+        "kv_cache_dtype": dtype,
+        "source_kv_cache_bytes_per_token": 2 * 4 * 16 * 2 * 4,
+        "source_val_perplexity": 3.0,
+        "converted_val_perplexity": converted,
+        "finetuned_val_perplexity": finetuned,
+        "source_finetuned_val_perplexity": 2.9,
+        "finetune_steps": 10,
+    }
+
+
+def test_report_adds_conversions(tmp_path):
+    results.append_record(str(tmp_path / "results.jsonl"), fake_record("mha", "mha", 0, 3.0, 2.0))
+    for rank, converted, finetuned in ((64, 3.2, 3.1), (8, 40.0, 3.6)):
+        line = conversion_line(rank, converted, finetuned)
+        results.append_record(str(tmp_path / results.CONVERSION_FILE), line)
+    table, _ = write_report(str(tmp_path), Budget(1.0, "bfloat16"))
+    assert "## Converted to MLA" in table
+    assert "| mha | 8 | 64 | 96 | 768 | 3.0000 | 2.9000 | 3.2000 | 3.1000 | 10 |" in table
+    assert "| mha | 8 | 8 | 40 | 320 | 3.0000 | 2.9000 | 40.0000 | 3.6000 | 10 |" in table
+    for ext in ("png", "svg"):
+        assert (tmp_path / f"pareto.{ext}").stat().st_size > 1000
+
+
+def test_report_rejects_mixed_cache_dtypes(tmp_path):
+    results.append_record(str(tmp_path / "results.jsonl"), fake_record("mha", "mha", 0, 3.0, 2.0))
+    line = conversion_line(8, 4.0, 3.5, dtype="bfloat16")
+    results.append_record(str(tmp_path / results.CONVERSION_FILE), line)
+    with pytest.raises(ValueError, match=r"cache dtypes \['bfloat16', 'float32'\]"):
+        write_report(str(tmp_path), Budget(1.0, "bfloat16"))
+
+
 def test_base_config_defaults_are_deepseek():
     model = base_config().model
     assert model.mla_latent_norm is True
     assert model.mla_rope_per_kv_head is False
     assert model.mla_rope_pairs is None
+
+
+# The sweep: source, conversions, fine-tunes and conversion.jsonl, resumable.
+def test_conversion_sweep_runs_and_resumes(tmp_path):
+    sweep = load_config_module(REPO / "configs" / "ablation" / "tiny.py").get_config()
+    sweep.base.num_train_steps, sweep.base.checkpoint_every = 6, 6
+    finetune = Finetune(steps=4, learning_rate=1e-3, warmup_steps=1)
+    sizes = [(ROPE_DIM, 8)]
+    lines = run_conversion_sweep(sweep, str(tmp_path), "mha", 0, sizes, finetune)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["kv_lora_rank"] == 8
+    assert line["kv_cache_elements_per_token_per_layer"] == 8 + 4 * ROPE_DIM
+    assert line["source_kv_cache_elements_per_token_per_layer"] == 2 * 4 * 16
+    assert line["finetune_steps"] == 4
+    for prefix in ("source", "converted", "finetuned"):
+        assert math.isfinite(line[f"{prefix}_val_perplexity"])
+    # Cached decoding of the converted model scores the validation split like the forward pass.
+    cached = line["converted_val_perplexity_cached"]
+    assert abs(cached / line["converted_val_perplexity"] - 1) <= 1e-4
+    out = tmp_path / "conversion" / f"p{ROPE_DIM}_r8"
+    assert json.loads((out / "eval_before_finetune.json").read_text())["step"] == 0
+    assert json.loads((out / "eval.json").read_text())["step"] == 4
+    # The control: the source fine-tuned alike, without conversion.
+    control = tmp_path / "conversion" / "source_finetuned"
+    assert json.loads((control / "eval.json").read_text())["attention"] == "mha"
+    assert json.loads((control / "eval.json").read_text())["step"] == 4
+    assert math.isfinite(line["source_finetuned_val_perplexity"])
+
+    assert run_conversion_sweep(sweep, str(tmp_path), "mha", 0, sizes, finetune) == lines
+    assert len(results.read_records(str(tmp_path / results.CONVERSION_FILE))) == 1
+    with pytest.raises(ValueError, match="Resume with the same fine-tune flags"):
+        run_conversion_sweep(sweep, str(tmp_path), "mha", 0, sizes, Finetune(5, 1e-3, 1))
+
+
+@pytest.mark.parametrize(
+    "criterion, expected", [("high_frequency", (0, 1)), ("low_frequency", (6, 7))]
+)
+def test_fixed_criteria_keep_same_pairs(criterion, expected):
+    scores = rope_pairs.fixed_pair_scores((2, 4, 8), criterion)
+    chosen = rope_pairs.top_pairs(scores, 2)
+    assert all(head == expected for layer in chosen for head in layer)

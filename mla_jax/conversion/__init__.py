@@ -1,4 +1,9 @@
-"""Conversion of trained MHA, GQA and MQA checkpoints into MLA (TransMLA, MHA2MLA).
+"""Conversion of trained MHA, GQA and MQA checkpoints into MLA.
+
+The method follows MHA2MLA (arXiv 2502.14837): keep RoPE on the query and key dims that
+contribute most to the scores, and factor the other key dims and the values through one latent
+by a joint SVD of their weights. TransMLA (arXiv 2502.07864) instead ends with one RoPE key
+shared by all heads, as in DeepSeek's MLA; that path is not implemented.
 
 - `rope_pairs`: which RoPE pairs of each KV head keep their rotation (the 2-norm criterion).
 - `factorize`: the converted weights of one layer, through a joint SVD of keys and values.

@@ -149,6 +149,11 @@ def choose_rope_pairs(
         )
     elif criterion == "weights":
         norms = rope_pairs.pair_norms_from_weights(model)
+    elif criterion in rope_pairs.FIXED_CRITERIA:
+        cfg = model.cfg
+        shape = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim // 2)
+        scores = rope_pairs.fixed_pair_scores(shape, criterion)
+        return rope_pairs.top_pairs(scores, rope_dim // 2), scores
     else:
         raise ConversionError(
             f"Unknown RoPE pair criterion {criterion!r}; choose one of {rope_pairs.CRITERIA}."
@@ -211,16 +216,26 @@ def _check_same_shapes(values: dict, expected: dict) -> None:
         raise AssertionError(f"Converted parameters {got} do not match the target model {want}.")
 
 
-def write_workdir(out: str, config, target: ModelConfig, params: nnx.State, record: dict) -> None:
-    """Write the checkpoint at step 0, config.json, config.py and, last, conversion.json."""
+def save_step_zero(out: str, config, model_cfg: ModelConfig, params: nnx.State) -> None:
+    """Write `params` as the checkpoint at step 0 with a fresh optimizer state, then config.json."""
     os.makedirs(out, exist_ok=True)
     tx = make_optimizer(config)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     manager = checkpoints.make_manager(out, config)
-    checkpoints.save(manager, state, target)
+    checkpoints.save(manager, state, model_cfg)
     manager.wait_until_finished()
     manager.close()
     write_run_records(out, config)
+
+
+def host_copy(params: nnx.State) -> nnx.State:
+    """Copy parameters to the host and back onto the default device, all on one device."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params)
+
+
+def write_workdir(out: str, config, target: ModelConfig, params: nnx.State, record: dict) -> None:
+    """Write the checkpoint at step 0, config.json, config.py and, last, conversion.json."""
+    save_step_zero(out, config, target, params)
     config_json = json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)
     text = CONFIG_FILE_TEMPLATE.format(
         source=record["source_workdir"],
@@ -296,10 +311,10 @@ def convert_workdir(
     }
     write_workdir(out, config, target, params, record)
     logging.info(
-        "Wrote MLA (latent %d, RoPE %d x %d keys) to %s; max factor error %.3g.",
+        "Wrote MLA (latent %d, %d RoPE keys of %d dims) to %s; max factor error %.3g.",
         rank,
-        rope_dim,
         source.num_kv_heads,
+        rope_dim,
         out,
         max(record["factor_relative_error"]),
     )

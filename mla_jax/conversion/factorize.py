@@ -2,15 +2,16 @@
 
 For each KV head k, the kept RoPE pairs I_k give the rotated dims [I_k, I_k + H/2], so pair j
 of the P rotated dims is (j, j + P/2), the half-split layout. The other H - P dims are
-position-free ("nope") dims. Query head n is permuted the same way as the KV head it reads, n // G, so
-q . k is unchanged. Then:
+position-free ("nope") dims. Query head n is permuted the same way as the KV head it reads,
+n // G, so q . k is unchanged. Then:
 
 - The nope key columns and the value columns of every KV head form one matrix
   M = [W_k_nope | W_v] of [D, K (H - P) + K H], factored by SVD, M = U S V^T. The latent
   down-projection is U_C S_C^(1/2) [D, C] and the up-projections are S_C^(1/2) V_C^T, split back
-  into keys [C, K, H - P] and values [C, K, H]. Splitting S evenly between the two factors keeps
-  them on the same scale for fine-tuning. At C = rank(M) the product is M up to rounding; at
-  smaller C it is the best rank-C approximation of M in the Frobenius norm (Eckart-Young).
+  into keys [C, K, H - P] and values [C, K, H]. Splitting S evenly gives both factors the same
+  Frobenius norm; where S goes changes nothing before training, only how fine-tuning moves
+  them. At C = rank(M) the product is M up to rounding. At smaller C it is the best rank-C
+  approximation of M in the Frobenius norm (Eckart-Young).
   The SVD reads only weights, so it minimizes the weight error, not the error on real inputs.
 - The RoPE key columns [D, K, P] are copied into the down-projection after the latent columns,
   so MLA caches one RoPE key per KV head (config mla_rope_per_kv_head).

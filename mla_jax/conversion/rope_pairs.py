@@ -1,10 +1,10 @@
-"""Which RoPE pairs of an MHA/GQA head keep their rotation in the converted MLA model.
+"""The choice of the RoPE pairs of an MHA/GQA head that keep their rotation after conversion.
 
 The project's RoPE is half-split: pair i of a head of H dims is dims (i, i + H/2), turning at
 theta^(-2i/H). A pair's share of a score q . k is bounded by |q_i| |k_i|, the product of the
-2-norms of the pair's two dims in the query and in the key; a rotation never changes those
-norms. Following MHA2MLA's 2-norm criterion (arXiv 2502.14837), each KV head keeps the P/2
-pairs with the largest
+2-norms of the pair's two dims in the query and in the key, and a rotation never changes those
+norms. MHA2MLA (arXiv 2502.14837) removes RoPE from the query and key dims that contribute
+least to the scores. Here each KV head keeps the P/2 pairs with the largest
 
   score[k, i] = sum over the query heads n that read KV head k of mean|q_{n,i}| * mean|k_{k,i}|,
 
@@ -15,6 +15,9 @@ where the means run over tokens. Two sources for the norms:
 - `weights`: the Frobenius norm of each pair's columns of W_q and W_k, after folding in the
   attention RMSNorm scale (`pair_norms_from_weights`). It equals the root-mean-square pair norm
   for inputs with identity covariance, and reads no data.
+
+Two baselines ignore the model and keep the same pairs in every head: `high_frequency` keeps
+the fastest-turning pairs (i = 0, 1, ...) and `low_frequency` the slowest (i = H/2 - 1, ...).
 
 The other pairs lose their rotation and become the position-free ("nope") dims that the joint
 SVD compresses into the latent.
@@ -29,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-CRITERIA = ("calibration", "weights")
+FIXED_CRITERIA = ("high_frequency", "low_frequency")
+CRITERIA = ("calibration", "weights") + FIXED_CRITERIA
 
 
 def pair_norm(x: jax.Array) -> jax.Array:
-    """2-norms of the RoPE pairs of x [..., H]: [..., H/2]."""
+    """Compute the 2-norms of the RoPE pairs of x [..., H]: [..., H/2]."""
     half = x.shape[-1] // 2
     return jnp.sqrt(x[..., :half] ** 2 + x[..., half:] ** 2)
 
@@ -56,7 +60,7 @@ def _pair_norms_jit(graphdef, state, tokens):
 
 
 def pair_norms_from_data(model: nnx.Module, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean pair norms of queries [L, N, H/2] and keys [L, K, H/2] over tokens [B, T].
+    """Compute the mean pair norms of queries [L, N, H/2] and keys [L, K, H/2] over tokens [B, T].
 
     Every position of every window counts once. The blocks run in the config's dtype, the
     query and key projections in float32.
@@ -67,7 +71,7 @@ def pair_norms_from_data(model: nnx.Module, tokens: np.ndarray) -> tuple[np.ndar
 
 
 def pair_norms_from_weights(model: nnx.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Frobenius norms of each pair's columns of W_q [L, N, H/2] and W_k [L, K, H/2]."""
+    """Compute the Frobenius norms of each pair's columns of W_q [L, N, H/2] and W_k [L, K, H/2]."""
     query_norms, key_norms = [], []
     for block in model.blocks:
         scale = np.asarray(block.attention_norm.scale[...], np.float64)[:, None, None]
@@ -80,15 +84,22 @@ def pair_norms_from_weights(model: nnx.Module) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pair_scores(query_norms: np.ndarray, key_norms: np.ndarray) -> np.ndarray:
-    """Score of each pair [L, K, H/2]: sum over the group's query heads of |q_i| * |k_i|."""
+    """Score each pair [L, K, H/2]: sum over the group's query heads of |q_i| * |k_i|."""
     layers, heads, half = query_norms.shape
     kv_heads = key_norms.shape[1]
     grouped = query_norms.reshape(layers, kv_heads, heads // kv_heads, half)
     return grouped.sum(axis=2) * key_norms
 
 
+def fixed_pair_scores(shape: tuple[int, int, int], criterion: str) -> np.ndarray:
+    """Return scores [L, K, H/2] that rank pairs by frequency alone, for the baseline criteria."""
+    index = np.arange(shape[-1], dtype=np.float64)
+    ranking = -index if criterion == "high_frequency" else index
+    return np.broadcast_to(ranking, shape).copy()
+
+
 def top_pairs(scores: np.ndarray, count: int) -> tuple[tuple[tuple[int, ...], ...], ...]:
-    """Indices of the `count` best pairs per layer and KV head, ascending: [L][K][count].
+    """Return the indices of the `count` best pairs per layer and KV head, ascending: [L][K][count].
 
     Ties go to the lower index (the faster-turning pair), so the choice is deterministic.
     """
