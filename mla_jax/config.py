@@ -201,9 +201,10 @@ def model_config_from(model_fields: ml_collections.ConfigDict, vocab_size: int) 
     """Build and validate a ModelConfig from `config.model`.
 
     `vocab_size` is the tokenizer's; an explicit `config.model.vocab_size` overrides it and must
-    be at least as large.
+    be at least as large. A field missing from `model_fields` (a config recorded before the
+    field existed) takes its default.
     """
-    fields = dict(model_fields.to_dict())
+    fields = {**base_config().model.to_dict(), **model_fields.to_dict()}
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

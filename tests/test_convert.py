@@ -18,6 +18,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -358,6 +359,14 @@ def test_config_json_older_than_options_accepted(tmp_path):
         check_saved_config(str(tmp_path), mla_config(q_lora_rank=32, mla_latent_norm=False))
 
 
+def test_model_config_older_than_options_accepted():
+    recorded = json.loads(tiny_experiment("mla").to_json())["model"]
+    for name in ("mla_latent_norm", "mla_rope_per_kv_head", "mla_rope_pairs"):
+        del recorded[name]
+    cfg = model_config_from(ml_collections.ConfigDict(recorded), VOCAB)
+    assert cfg == model_config_from(tiny_experiment("mla").model, VOCAB)
+
+
 def test_checkpoint_older_than_options_accepted():
     cfg = model_config_from(tiny_experiment("mla").model, VOCAB)
     saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -493,7 +502,7 @@ def test_missing_workdir_rejected(tmp_path):
 
 
 def test_out_holding_a_run_rejected(trained_source):
-    with pytest.raises(ConversionError, match=r"already holds \['config.json', 'checkpoints'\]"):
+    with pytest.raises(ConversionError, match=r"already contains \['config.json', 'checkpoints'\]"):
         convert_workdir(str(trained_source), str(trained_source), 16, ROPE_DIM)
 
 
