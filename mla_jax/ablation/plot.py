@@ -70,7 +70,12 @@ def plot_pareto(
     ax.set_ylabel("validation perplexity (mean over seeds)")
     ax.set_title("Perplexity against KV-cache size (lower left is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if conversions:
+        # The conversion curves double the legend, so it goes right of the axes.
+        fig.set_size_inches(10.5, 5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    else:
+        ax.legend()
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)
