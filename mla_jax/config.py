@@ -86,6 +86,9 @@ class ModelConfig:
     qk_nope_head_dim: int
     qk_rope_head_dim: int
     v_head_dim: int
+    mla_latent_norm: bool
+    mla_rope_per_kv_head: bool
+    mla_rope_pairs: tuple[tuple[tuple[int, ...], ...], ...] | None
     max_seq_len: int
     tie_embeddings: bool
     rope_theta: float
@@ -186,15 +189,30 @@ def base_config() -> ml_collections.ConfigDict:
     m.d_model = 256
     m.num_heads = 4
     # KV heads of mha/gqa/mqa; None lets mha (num_heads) and mqa (1) set it. Required for gqa.
+    # MLA with mla_rope_per_kv_head: the number of RoPE keys (None: num_heads).
     m.num_kv_heads = config_dict.placeholder(int)
-    m.head_dim = 64  # Per-head dim of mha/gqa/mqa; must be even for RoPE.
+    # Per-head dim of mha/gqa/mqa; must be even for RoPE. MLA with mla_rope_pairs: the head dim
+    # whose RoPE frequencies those pairs index.
+    m.head_dim = 64
     m.mlp_dim = 704  # SwiGLU hidden width.
     # MLA (DeepSeek-V2 names). q_lora_rank None: queries come straight from the hidden state.
     m.q_lora_rank = config_dict.placeholder(int)
     m.kv_lora_rank = 128  # Width of the cached KV latent.
-    m.qk_nope_head_dim = 64  # Per-head key/query dims without RoPE, up-projected from the latent.
+    # Per-head key/query dims without RoPE, up-projected from the latent; may be 0.
+    m.qk_nope_head_dim = 64
     m.qk_rope_head_dim = 32  # Decoupled RoPE key dims, shared by all heads; must be even.
     m.v_head_dim = 64
+    # MLA options that an exact conversion from MHA/GQA needs (scripts/convert_to_mla.py). The
+    # defaults are DeepSeek's. mla_latent_norm: RMSNorm on the KV latent before it is cached.
+    m.mla_latent_norm = True
+    # False: one RoPE key shared by all heads. True: one per KV head (num_kv_heads of them), and
+    # query head n reads key n // (num_heads / num_kv_heads); the cache grows by that factor.
+    m.mla_rope_per_kv_head = False
+    # Per layer and RoPE key, the indices i < head_dim / 2 of the RoPE pairs whose frequencies
+    # theta^(-2i / head_dim) the qk_rope_head_dim / 2 rotated pairs use, as in a head of
+    # head_dim that keeps RoPE on those pairs only. None: the frequencies of a head of
+    # qk_rope_head_dim.
+    m.mla_rope_pairs = config_dict.placeholder(tuple)
     m.max_seq_len = 1024  # Maximum sequence length in tokens, for training and for the KV cache.
     m.tie_embeddings = True  # Output projection reuses the token embedding.
     m.rope_theta = 10000.0
@@ -212,9 +230,10 @@ def model_config_from(model_fields: ml_collections.ConfigDict, vocab_size: int) 
     """Build and validate a ModelConfig from `config.model`.
 
     `vocab_size` is the tokenizer's; an explicit `config.model.vocab_size` overrides it and must
-    be at least as large.
+    be at least as large. A field missing from `model_fields` (a config recorded before the
+    field existed) takes its default.
     """
-    fields = dict(model_fields.to_dict())
+    fields = {**base_config().model.to_dict(), **model_fields.to_dict()}
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -227,7 +246,15 @@ def model_config_from(model_fields: ml_collections.ConfigDict, vocab_size: int) 
         )
     fields["vocab_size"] = explicit_vocab if explicit_vocab is not None else vocab_size
     fields["num_kv_heads"] = _resolve_num_kv_heads(fields)
+    fields["mla_rope_pairs"] = _nested_tuples(fields["mla_rope_pairs"])
     return ModelConfig(**fields)
+
+
+def _nested_tuples(value):
+    """Turn nested lists (as JSON stores them) into nested tuples, so the config stays hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_nested_tuples(v) for v in value)
+    return value
 
 
 def _resolve_num_kv_heads(fields: dict) -> int:
@@ -296,10 +323,11 @@ def _validate(cfg: ModelConfig) -> None:
     positive = ["vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim", "max_seq_len"]
     even = []
     if cfg.attention == "mla":
-        positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"]
+        positive += ["kv_lora_rank", "qk_rope_head_dim", "v_head_dim"]
         even += ["qk_rope_head_dim"]
         if cfg.q_lora_rank is not None:
             positive.append("q_lora_rank")
+        _validate_mla_options(cfg)
     else:
         positive += ["num_kv_heads", "head_dim"]
         even += ["head_dim"]
@@ -320,6 +348,48 @@ def _validate(cfg: ModelConfig) -> None:
     _validate_choices(cfg)
 
 
+def _validate_mla_options(cfg: ModelConfig) -> None:
+    nope = cfg.qk_nope_head_dim
+    if not isinstance(nope, int) or isinstance(nope, bool) or nope < 0:
+        raise ConfigError(f"config.model.qk_nope_head_dim={nope!r} must be an integer >= 0.")
+    for name in ("mla_latent_norm", "mla_rope_per_kv_head"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(f"config.model.{name}={getattr(cfg, name)!r} must be True or False.")
+    if cfg.mla_rope_per_kv_head and (cfg.num_kv_heads < 1 or cfg.num_heads % cfg.num_kv_heads):
+        raise ConfigError(
+            f"config.model.num_heads={cfg.num_heads} is not divisible by num_kv_heads="
+            f"{cfg.num_kv_heads}, the number of RoPE keys with mla_rope_per_kv_head=True; pick "
+            "num_kv_heads among the divisors of num_heads."
+        )
+    if cfg.mla_rope_pairs is not None:
+        _validate_rope_pairs(cfg)
+
+
+def _validate_rope_pairs(cfg: ModelConfig) -> None:
+    """Check mla_rope_pairs: [num_layers][RoPE keys][qk_rope_head_dim / 2] distinct indices."""
+    keys, count, half = mla_rope_keys(cfg), cfg.qk_rope_head_dim // 2, cfg.head_dim // 2
+    shape = f"[num_layers={cfg.num_layers}][RoPE keys={keys}][qk_rope_head_dim/2={count}]"
+    pairs = cfg.mla_rope_pairs
+    if len(pairs) != cfg.num_layers or any(len(layer) != keys for layer in pairs):
+        raise ConfigError(
+            f"config.model.mla_rope_pairs must have the shape {shape}; rebuild it with "
+            "scripts/convert_to_mla.py or set it to None."
+        )
+    if cfg.head_dim % 2:
+        raise ConfigError(
+            f"config.model.head_dim={cfg.head_dim} must be even: mla_rope_pairs index its RoPE "
+            "pairs (dims i and i + head_dim/2)."
+        )
+    for layer, key_pairs in enumerate(pairs):
+        for key, indices in enumerate(key_pairs):
+            in_range = all(isinstance(i, int) and 0 <= i < half for i in indices)
+            if not in_range or len(set(indices)) != len(indices) or len(indices) != count:
+                raise ConfigError(
+                    f"config.model.mla_rope_pairs[{layer}][{key}]={indices!r} must hold {count} "
+                    f"distinct pair indices in [0, {half}) (head_dim={cfg.head_dim})."
+                )
+
+
 def _validate_choices(cfg: ModelConfig) -> None:
     for name, choices in (
         ("dtype", DTYPES),
@@ -337,14 +407,20 @@ def _validate_choices(cfg: ModelConfig) -> None:
     _validate_rope_scaling(cfg)
 
 
+def mla_rope_keys(cfg: ModelConfig) -> int:
+    """Number of RoPE keys an MLA layer caches per token: one per KV head, or one shared."""
+    return cfg.num_kv_heads if cfg.mla_rope_per_kv_head else 1
+
+
 def kv_cache_elements_per_token_per_layer(cfg: ModelConfig) -> int:
     """Cached elements per token in one layer.
 
-    MHA/GQA/MQA cache a key and a value per KV head (2 * K * H); MLA caches the normalized KV
-    latent and the shared RoPE key (C + R).
+    MHA/GQA/MQA cache a key and a value per KV head (2 * K * H). MLA caches the KV latent,
+    RMS-normalized or not (C either way), and its RoPE keys: C + R with one shared key (DeepSeek),
+    C + K * R with one per KV head (mla_rope_per_kv_head).
     """
     if cfg.attention == "mla":
-        return cfg.kv_lora_rank + cfg.qk_rope_head_dim
+        return cfg.kv_lora_rank + mla_rope_keys(cfg) * cfg.qk_rope_head_dim
     return 2 * cfg.num_kv_heads * cfg.head_dim
 
 

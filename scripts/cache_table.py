@@ -53,6 +53,9 @@ def _published(attention: str, num_layers: int, num_heads: int, **fields) -> Mod
         "qk_nope_head_dim": 128,
         "qk_rope_head_dim": 64,
         "v_head_dim": 128,
+        "mla_latent_norm": True,
+        "mla_rope_per_kv_head": False,
+        "mla_rope_pairs": None,
         "max_seq_len": 4096,
         "tie_embeddings": False,
         "rope_theta": 10000.0,
@@ -100,6 +103,8 @@ def project_models(configs_dir: str) -> dict[str, ModelConfig]:
 
 def cached_terms(cfg: ModelConfig) -> str:
     """Describe what one layer caches per token, as a formula."""
+    if cfg.attention == "mla" and cfg.mla_rope_per_kv_head:
+        return f"latent {cfg.kv_lora_rank} + {cfg.num_kv_heads} RoPE keys x {cfg.qk_rope_head_dim}"
     if cfg.attention == "mla":
         return f"latent {cfg.kv_lora_rank} + RoPE key {cfg.qk_rope_head_dim}"
     return f"2 x {cfg.num_kv_heads} x {cfg.head_dim} (key, value per KV head)"

@@ -30,6 +30,14 @@ F32_TOL = 1e-5
 # Same with a bfloat16 cache (8 significant bits). Measured: at most 0.034, mean 0.003.
 BF16_TOL = 0.05
 
+CONVERTED = {
+    "attention": "mla",
+    "q_lora_rank": None,
+    "mla_latent_norm": False,
+    "mla_rope_per_kv_head": True,
+    "num_kv_heads": 2,
+    "mla_rope_pairs": (((0, 2, 5, 7), (1, 3, 4, 6)), ((7, 6, 0, 1), (2, 3, 4, 5))),
+}
 KINDS = {
     "mha": {"attention": "mha"},
     "gqa": {"attention": "gqa", "num_kv_heads": 2},
@@ -37,6 +45,12 @@ KINDS = {
     "mla_absorbed": {"attention": "mla", "mla_decode": "absorbed"},
     "mla_naive": {"attention": "mla", "mla_decode": "naive"},
     "mla_no_q_lora": {"attention": "mla", "q_lora_rank": None},
+    # The layout of a model converted from GQA: no latent norm, a RoPE key per KV head turning
+    # at chosen pairs of a head of 16 dims.
+    "mla_per_kv_head": CONVERTED,
+    "mla_per_kv_head_naive": {**CONVERTED, "mla_decode": "naive"},
+    # Every key dim rotated, so the latent holds only values.
+    "mla_no_nope": {**CONVERTED, "qk_nope_head_dim": 0, "num_kv_heads": 4, "mla_rope_pairs": None},
 }
 # Teacher-forced cases: prompt lengths of the rows of one batch of TOKENS, right-padded to the
 # longest. The rest of each row is fed one token per decode step.
@@ -60,6 +74,9 @@ def tiny_config(**overrides) -> ModelConfig:
         "qk_nope_head_dim": 16,
         "qk_rope_head_dim": 8,
         "v_head_dim": 16,
+        "mla_latent_norm": True,
+        "mla_rope_per_kv_head": False,
+        "mla_rope_pairs": None,
         "max_seq_len": 64,
         "tie_embeddings": True,
         "rope_theta": 10000.0,
@@ -149,9 +166,13 @@ def test_bfloat16_cache_within_tolerance(kind):
     assert error <= BF16_TOL
 
 
-def test_mla_absorbed_equals_naive():
-    absorbed = cached_logits("mla_absorbed", "mixed_lengths")
-    naive = cached_logits("mla_naive", "mixed_lengths")
+@pytest.mark.parametrize(
+    "absorbed_kind, naive_kind",
+    [("mla_absorbed", "mla_naive"), ("mla_per_kv_head", "mla_per_kv_head_naive")],
+)
+def test_mla_absorbed_equals_naive(absorbed_kind, naive_kind):
+    absorbed = cached_logits(absorbed_kind, "mixed_lengths")
+    naive = cached_logits(naive_kind, "mixed_lengths")
     assert max_abs_diff(absorbed, naive) <= F32_TOL
 
 
@@ -183,6 +204,14 @@ def test_mla_caches_only_latent_and_rope_key():
         assert set(layer) == {"latent", "rope_key"}
         assert layer["latent"].shape == (3, CACHE_LEN, cfg.kv_lora_rank)
         assert layer["rope_key"].shape == (3, CACHE_LEN, cfg.qk_rope_head_dim)
+
+
+def test_rope_key_cache_per_kv_head():
+    cache = decoding.init_cache(model_for("mla_per_kv_head"), 3, CACHE_LEN)
+    for layer in cache.layers:
+        assert set(layer) == {"latent", "rope_key"}
+        assert layer["latent"].shape == (3, CACHE_LEN, 32)
+        assert layer["rope_key"].shape == (3, 2, CACHE_LEN, 8)
 
 
 def test_gqa_caches_key_and_value_per_kv_head():

@@ -11,10 +11,19 @@ from mla_jax.ablation.stats import MemberSummary, pareto_front
 
 MARKERS = {"mha": "o", "gqa": "s", "mqa": "^", "mla": "D"}
 COLORS = {"mha": "tab:blue", "gqa": "tab:orange", "mqa": "tab:green", "mla": "tab:red"}
+CONVERSION_COLORS = ("tab:purple", "tab:brown", "tab:olive")
+# The control of a conversion sweep: its source fine-tuned without conversion.
+CONTROL_KEY = "source_finetuned_val_perplexity"
 
 
-def plot_pareto(summaries: Sequence[MemberSummary], paths: Sequence[str]) -> None:
-    """Plot every member with std-over-seeds error bars and the frontier, and save to `paths`."""
+def plot_pareto(
+    summaries: Sequence[MemberSummary], paths: Sequence[str], conversions: Sequence[dict] = ()
+) -> None:
+    """Plot every member with std-over-seeds error bars and the frontier, and save to `paths`.
+
+    `conversions` (lines of conversion.jsonl) add one curve per RoPE dim after fine-tuning,
+    and one, dotted, before it.
+    """
     # A Figure on an Agg canvas rather than pyplot, so no display is needed and no global
     # backend changes.
     fig = Figure(figsize=(7.5, 5))
@@ -52,13 +61,74 @@ def plot_pareto(summaries: Sequence[MemberSummary], paths: Sequence[str]) -> Non
         label="Pareto frontier",
     )
 
+    if conversions:
+        _plot_conversions(ax, conversions, ys)
+
     ax.set_xscale("log")
     dtype = summaries[0].cache_dtype if summaries else "?"
     ax.set_xlabel(f"KV-cache bytes per token, all layers ({dtype})")
     ax.set_ylabel("validation perplexity (mean over seeds)")
     ax.set_title("Perplexity against KV-cache size (lower left is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if conversions:
+        # The conversion curves double the legend, so it goes right of the axes.
+        fig.set_size_inches(10.5, 5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    else:
+        ax.legend()
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)
+
+
+def _plot_conversions(ax, conversions: Sequence[dict], member_ys: Sequence[float]) -> None:
+    """Draw converted models: a solid curve after fine-tuning, a dotted one before, per RoPE dim.
+
+    A star marks the control, the source fine-tuned alike without conversion. Before
+    fine-tuning, the smallest latents can be far worse than everything else. The y axis
+    therefore stops 25% above the other points, and a point beyond it is drawn at the edge
+    with its value written next to it.
+    """
+    after = [c[k] for c in conversions for k in ("finetuned_val_perplexity", CONTROL_KEY)]
+    top = 1.25 * max([*member_ys, *after])
+    for index, rope_dim in enumerate(sorted({c["qk_rope_head_dim"] for c in conversions})):
+        lines = sorted(
+            (c for c in conversions if c["qk_rope_head_dim"] == rope_dim),
+            key=lambda c: c["kv_cache_bytes_per_token"],
+        )
+        _plot_conversion_curves(ax, lines, CONVERSION_COLORS[index % len(CONVERSION_COLORS)], top)
+    first = conversions[0]
+    ax.plot(
+        [first["source_kv_cache_bytes_per_token"]],
+        [first[CONTROL_KEY]],
+        "*",
+        color="black",
+        markersize=11,
+        label=f"{first['source_attention'].upper()} +{first['finetune_steps']} steps",
+    )
+    ax.set_ylim(top=top)
+
+
+def _plot_conversion_curves(ax, lines: Sequence[dict], color: str, top: float) -> None:
+    """Draw the conversions of one RoPE dim, sorted by cache size, below y = top."""
+    xs = [c["kv_cache_bytes_per_token"] for c in lines]
+    name = f"{lines[0]['source_attention'].upper()} to MLA, RoPE {lines[0]['qk_rope_head_dim']}"
+    after = [c["finetuned_val_perplexity"] for c in lines]
+    before = [c["converted_val_perplexity"] for c in lines]
+    ax.plot(xs, after, "-P", color=color, label=f"{name}, +{lines[0]['finetune_steps']} steps")
+    ax.plot(
+        xs,
+        [min(y, top) for y in before],
+        ":P",
+        color=color,
+        markerfacecolor="none",
+        label=f"{name}, before fine-tuning",
+    )
+    for x, y, line in zip(xs, after, lines):
+        label = f"R={line['kv_lora_rank']}"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7)
+    for x, y in zip(xs, before):
+        if y > top:
+            ax.annotate(
+                f"{y:.1f}", (x, top), textcoords="offset points", xytext=(5, -9), fontsize=7
+            )

@@ -14,6 +14,8 @@ import os
 from absl import logging
 
 RESULTS_FILE = "results.jsonl"
+# Lines of the conversion sweep (mla_jax.conversion.sweep), in the same format.
+CONVERSION_FILE = "conversion.jsonl"
 
 
 def append_record(path: str, record: dict) -> None:

@@ -90,3 +90,28 @@ def _notes(ref: MemberSummary | None, budget: Budget) -> list[str]:
         + "token and better on one.",
         decode_text,
     ]
+
+
+def conversion_table(lines: Sequence[dict]) -> str:
+    """Format conversion.jsonl: one row per converted size, perplexity before and after."""
+    header = (
+        "| source | RoPE dims per KV head | latent | KV elements / token / layer "
+        "| KV bytes / token | val perplexity: source | source fine-tuned | converted | fine-tuned "
+        "| fine-tune steps |"
+    )
+    rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for line in sorted(lines, key=lambda x: (x["qk_rope_head_dim"], -x["kv_lora_rank"])):
+        rows.append(
+            f"| {line['source_attention']} | {line['qk_rope_head_dim']} | {line['kv_lora_rank']} "
+            f"| {line['kv_cache_elements_per_token_per_layer']:,} "
+            f"| {line['kv_cache_bytes_per_token']:,} | {line['source_val_perplexity']:.4f} "
+            f"| {line['source_finetuned_val_perplexity']:.4f} "
+            f"| {line['converted_val_perplexity']:.4f} | {line['finetuned_val_perplexity']:.4f} "
+            f"| {line['finetune_steps']} |"
+        )
+    note = (
+        "Converted to MLA from one trained run (scripts/conversion_sweep.py): 'converted' is "
+        "before any training, 'fine-tuned' after the steps listed. 'source fine-tuned' is the "
+        "control: the source trained for the same steps without conversion (docs/conversion.md)."
+    )
+    return "\n".join(["## Converted to MLA", "", *rows, "", note]) + "\n"

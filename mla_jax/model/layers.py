@@ -143,6 +143,32 @@ def softmax_scale_correction(scaling: RopeScaling | None) -> float:
     return yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
 
 
+def rope_pair_frequencies(pairs, head_dim: int, theta: float) -> jax.Array:
+    """Inverse frequencies float32 [..., P/2] of RoPE pairs [..., P/2] of a head of head_dim.
+
+    Pair i (dims i and i + head_dim/2) turns at theta^(-2i/head_dim), computed with the same
+    float32 operations as in `apply_rope`, so a model that keeps only some pairs of a head
+    rotates them exactly as the full head did.
+    """
+    half = head_dim // 2
+    return theta ** (-jnp.asarray(pairs, jnp.float32) / half)
+
+
+def apply_rope_at(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate x [B, T, ..., P] by positions [B, T] at inverse frequencies inv_freq [..., P/2].
+
+    The half-split rotation of `apply_rope`, with the frequencies given: inv_freq broadcasts
+    against the axes of x after T, so each head may turn at its own frequencies.
+    """
+    half = x.shape[-1] // 2
+    positions = positions.astype(jnp.float32).reshape(positions.shape + (1,) * (x.ndim - 2))
+    angles = positions * inv_freq  # [B, T, ..., P/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
 class SwiGLU(nnx.Module):
     """Gated MLP: down(silu(x @ gate) * (x @ up))."""
 

@@ -29,10 +29,10 @@ LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 class Block(nnx.Module):
     """x + attention(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0):
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attention = make_attention(cfg, out_std, rngs=rngs)
+        self.attention = make_attention(cfg, out_std, rngs=rngs, layer=layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, out_std, jnp.dtype(cfg.dtype), rngs=rngs)
 
@@ -55,7 +55,9 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embedding = Embedding(cfg.padded_vocab_size, cfg.d_model, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List(
+            [Block(cfg, rngs=rngs, layer=layer) for layer in range(cfg.num_layers)]
+        )
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.w_out = make_param(rngs, (cfg.d_model, cfg.padded_vocab_size), ("embed", "vocab"))

@@ -8,6 +8,7 @@ instead of an opaque shape error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -17,7 +18,7 @@ from absl import logging
 from flax import nnx
 
 from mla_jax import data
-from mla_jax.config import ModelConfig, model_config_from
+from mla_jax.config import ModelConfig, base_config, model_config_from
 from mla_jax.sharding import Partitioner
 from mla_jax.training.optimizer import make_optimizer
 from mla_jax.training.state import TrainState, abstract_train_state, model_graphdef
@@ -114,7 +115,10 @@ def restore(
 def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: int) -> None:
     # Fields that change no parameter shape and may differ between training and evaluation.
     free = {"dtype", "cache_dtype", "mla_decode", "max_seq_len", "rope_theta", "norm_eps"}
-    current = dataclasses.asdict(model_cfg)
+    # Compared as JSON stores them (tuples as lists). A field that the checkpoint predates
+    # counts as its default.
+    current = json.loads(json.dumps(dataclasses.asdict(model_cfg)))
+    saved = {**base_config().model.to_dict(), **saved}
     differ = {
         k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v
     }

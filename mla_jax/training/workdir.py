@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from mla_jax.config import ConfigError
+from mla_jax.config import ConfigError, base_config
 from mla_jax.evaluation import write_json_atomic
 from mla_jax.training.run_info import run_info
 
@@ -50,6 +50,8 @@ def check_saved_config(
         return
     with open(path) as f:
         saved = _flatten(json.load(f))
+    # A field added after the run was recorded counts as its default.
+    saved = {**_flatten(json.loads(base_config().to_json())), **saved}
     current = _flatten(json.loads(config.to_json()))
     keys = sorted(k for k in set(saved) | set(current) if k.startswith(fields))
     differ = [
