@@ -46,8 +46,7 @@ def plot_pareto(
             label=kind.upper(),
         )
 
-    for x, y, s in zip(xs, ys, summaries):
-        ax.annotate(s.member, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    _label_members(ax, xs, ys, [s.member for s in summaries])
     front = pareto_front(list(zip(xs, ys)))
     # Rings mark the frontier's members, so a frontier of one point still shows.
     ax.plot(
@@ -79,6 +78,21 @@ def plot_pareto(
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)
+
+
+def _label_members(ax, xs, ys, names) -> None:
+    """Label the points, stacking the labels of members that share a cache size in y order."""
+    groups: dict[float, list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(x, []).append(i)
+    for x, members in groups.items():
+        members.sort(key=lambda i: ys[i])
+        middle = sum(ys[i] for i in members) / len(members)
+        for rank, i in enumerate(members):
+            offset = 9 * (rank - (len(members) - 1) / 2) + 4
+            ax.annotate(
+                names[i], (x, middle), textcoords="offset points", xytext=(8, offset), fontsize=7
+            )
 
 
 def _plot_conversions(ax, conversions: Sequence[dict], member_ys: Sequence[float]) -> None:
