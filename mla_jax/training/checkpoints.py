@@ -113,7 +113,16 @@ def restore(
 
 def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: int) -> None:
     # Fields that change no parameter shape and may differ between training and evaluation.
-    free = {"dtype", "cache_dtype", "mla_decode", "max_seq_len", "rope_theta", "norm_eps"}
+    free = {
+        "dtype",
+        "cache_dtype",
+        "mla_decode",
+        "max_seq_len",
+        "rope_theta",
+        "norm_eps",
+        "attention_impl",
+        "remat",
+    }
     current = dataclasses.asdict(model_cfg)
     differ = {
         k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v
