@@ -27,7 +27,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mla_jax.config import ModelConfig
-from mla_jax.model.attention.base import causal_mask, masked_softmax
+from mla_jax.model.attention.base import (
+    causal_mask,
+    einsum_causal_attention,
+    fused_causal_attention,
+    masked_softmax,
+    resolve_attention_impl,
+)
 from mla_jax.model.layers import (
     RMSNorm,
     apply_rope,
@@ -65,6 +71,7 @@ class MultiHeadLatentAttention(nnx.Module):
         self.rope_theta, self.rope_scaling = cfg.rope_theta, cfg.rope_scaling
         self.mode = cfg.mla_decode
         self.dtype = jnp.dtype(cfg.dtype)
+        self.attention_impl = resolve_attention_impl(cfg.attention_impl, cfg.dtype)
 
     def cache_spec(self, batch: int, max_len: int, dtype) -> dict[str, jax.ShapeDtypeStruct]:
         return {
@@ -90,10 +97,25 @@ class MultiHeadLatentAttention(nnx.Module):
         return q_nope, apply_rope(q_rope, positions, self.rope_theta, self.rope_scaling)
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """Causal attention over x itself; naive mode, cheaper than absorbed when T is large."""
-        kv = self.project_kv(x, positions)
-        mask = causal_mask(positions, positions)
-        return self.attend(self.project_query(x, positions), kv, mask, mode="naive")
+        """Causal attention over x itself; naive mode, cheaper than absorbed when T is large.
+
+        Nope and RoPE dims enter the scores through one product: the shared RoPE key is
+        repeated for every head and appended to the up-projected keys, and q_rope to q_nope.
+        """
+        kv, (q_nope, q_rope) = self.project_kv(x, positions), self.project_query(x, positions)
+        key_nope = einsum("BSC,CNH->BSNH", kv["latent"], self.w_uk, self.dtype)
+        rope_key = jnp.broadcast_to(kv["rope_key"][:, :, None], q_rope.shape)  # BSNR, S = T
+        key = jnp.concatenate([key_nope, rope_key.astype(key_nope.dtype)], axis=-1)
+        query = jnp.concatenate([q_nope, q_rope], axis=-1)
+        value = einsum("BSC,CNH->BSNH", kv["latent"], self.w_uv, self.dtype)
+        if self.attention_impl == "einsum":
+            mask = causal_mask(positions, positions)
+            out = einsum_causal_attention(query, key, value, mask, self.scale, self.dtype)
+        else:
+            out = fused_causal_attention(
+                query, key, value, positions, self.scale, self.attention_impl, self.dtype
+            )
+        return output_projection(out.reshape(out.shape[:2] + (-1,)), self.w_o, self.dtype)
 
     def attend(self, query, kv: dict[str, jax.Array], mask: jax.Array, mode: str | None = None):
         """Attend over kv [B, S, ...]; `mode` (naive or absorbed) overrides cfg.mla_decode."""
@@ -109,10 +131,10 @@ class MultiHeadLatentAttention(nnx.Module):
         """Up-project the latent to per-head keys and values, then attend: out [B, T, N, Hv]."""
         key = einsum("BSC,CNH->BSNH", latent, self.w_uk, self.dtype)
         value = einsum("BSC,CNH->BSNH", latent, self.w_uv, self.dtype)
-        scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope, key)
-        scores += jnp.einsum("BTNR,BSR->BNTS", q_rope, rope_key)
-        probs = masked_softmax(scores * self.scale, mask[:, None]).astype(self.dtype)
-        return jnp.einsum("BNTS,BSNH->BTNH", probs, value)
+        scores = einsum("BTNH,BSNH->BNTS", q_nope, key, self.dtype)
+        scores += einsum("BTNR,BSR->BNTS", q_rope, rope_key, self.dtype)
+        probs = masked_softmax(scores * self.scale, mask[:, None])
+        return einsum("BNTS,BSNH->BTNH", probs, value, self.dtype)
 
     def _attend_absorbed(self, q_nope, q_rope, latent, rope_key, mask) -> jax.Array:
         """Attend in latent space: q_nope W_uk^T scores the latent directly, and the latent
@@ -123,9 +145,9 @@ class MultiHeadLatentAttention(nnx.Module):
         scores are transposed in between (B T N S numbers) so the softmax reduces the last axis.
         """
         q_latent = einsum("BTNH,CNH->BTNC", q_nope, self.w_uk, self.dtype)
-        scores = jnp.einsum("BSC,BTNC->BSTN", latent, q_latent)
-        scores += jnp.einsum("BSR,BTNR->BSTN", rope_key, q_rope)
+        scores = einsum("BSC,BTNC->BSTN", latent, q_latent, self.dtype)
+        scores += einsum("BSR,BTNR->BSTN", rope_key, q_rope, self.dtype)
         scores = scores.transpose(0, 2, 3, 1)  # BTNS
-        probs = masked_softmax(scores * self.scale, mask[:, :, None, :]).astype(self.dtype)
-        out_latent = jnp.einsum("BTNS,BSC->BTNC", probs, latent)
+        probs = masked_softmax(scores * self.scale, mask[:, :, None, :])
+        out_latent = einsum("BTNS,BSC->BTNC", probs, latent, self.dtype)
         return einsum("BTNC,CNH->BTNH", out_latent, self.w_uv, self.dtype)
