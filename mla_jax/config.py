@@ -17,6 +17,10 @@ from ml_collections import config_dict
 ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
 DTYPES = ("float32", "bfloat16")
 MLA_DECODE_MODES = ("absorbed", "naive")
+# Implementations of full-sequence attention (training, teacher-forced scoring); see base_config().
+ATTENTION_IMPLS = ("auto", "einsum", "dot_product_attention")
+# Activation rematerialization per block in the backward pass; see base_config().
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_SCALING_TYPES = ("yarn",)
 # The vocabulary dimension is padded to a multiple of this so that it shards on any mesh.
 VOCAB_PAD_MULTIPLE = 128
@@ -98,6 +102,10 @@ class ModelConfig:
     mla_decode: str
     # None: plain RoPE. The default here lets configs saved before this field existed load.
     rope_scaling: RopeScaling | None = None
+    # Execution choices that change no parameter and no result beyond rounding; the defaults
+    # let configs saved before these fields existed load.
+    attention_impl: str = "auto"
+    remat: str = "none"
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, Mapping):
@@ -220,9 +228,21 @@ def base_config() -> ml_collections.ConfigDict:
     # "factor": 40.0, "original_max_position_embeddings": 4096, "mscale_all_dim": 0.707}.
     m.rope_scaling = None
     m.norm_eps = 1e-6
-    m.dtype = "float32"  # Compute dtype; parameters, log-softmax and loss stay float32.
+    # Compute dtype of matrix products. With bfloat16, products take bfloat16 operands and
+    # accumulate and return float32, and the embedding rows are rounded to bfloat16. Parameters,
+    # norms, softmax, log-softmax and loss stay float32.
+    m.dtype = "float32"
     m.cache_dtype = "float32"  # KV-cache dtype at decode time.
     m.mla_decode = "absorbed"  # MLA decode: absorbed (attend over the latent) or naive.
+    # Full-sequence attention: einsum (scores, masked softmax, weighted sum as einsums),
+    # dot_product_attention (jax.nn.dot_product_attention, cuDNN's fused kernel on GPU with
+    # bfloat16) or auto (dot_product_attention on GPU with bfloat16, einsum elsewhere).
+    m.attention_impl = "auto"
+    # Rematerialization of each block in the backward pass, trading compute for memory:
+    # none (keep every activation), full (keep only the block inputs, recompute the rest),
+    # dots_saveable (keep matrix-product outputs) or dots_with_no_batch_dims_saveable (keep
+    # projection outputs, recompute attention scores and probabilities).
+    m.remat = "none"
     return c
 
 
@@ -395,6 +415,8 @@ def _validate_choices(cfg: ModelConfig) -> None:
         ("dtype", DTYPES),
         ("cache_dtype", DTYPES),
         ("mla_decode", MLA_DECODE_MODES),
+        ("attention_impl", ATTENTION_IMPLS),
+        ("remat", REMAT_POLICIES),
     ):
         if getattr(cfg, name) not in choices:
             raise ConfigError(

@@ -22,7 +22,6 @@ query compression, a cache 7.1 times smaller than MHA's.
 from __future__ import annotations
 
 import functools
-import subprocess
 import time
 
 import jax
@@ -39,6 +38,7 @@ from mla_jax.decoding.roofline import (
     measure_bandwidth,
     measure_matmul,
 )
+from mla_jax.machine import IdleWaiter, cpu_description
 from mla_jax.model import Transformer
 
 _LENGTHS = flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192"], "Context lengths.")
@@ -159,46 +159,6 @@ def time_decode(
     per_step = run(1)
     num_steps = int(np.clip(np.ceil(min_seconds / per_step), 1, min(64, length - 1)))
     return min(per_step, run(num_steps) / num_steps)
-
-
-def cpu_idle_fraction(seconds: float) -> float | None:
-    """Return the fraction of CPU time spent idle over `seconds`, or None without /proc/stat."""
-
-    def read_counters() -> tuple[int, int]:
-        with open("/proc/stat") as stat:
-            values = [int(v) for v in stat.readline().split()[1:]]
-        return values[3] + values[4], sum(values)  # idle + iowait, total
-
-    try:
-        idle_start, total_start = read_counters()
-        time.sleep(seconds)
-        idle_end, total_end = read_counters()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (idle_end - idle_start) / max(total_end - total_start, 1)
-
-
-class IdleWaiter:
-    """Waits for idle CPUs before measurements, within one time budget for the whole run."""
-
-    def __init__(self, budget_seconds: float, threshold: float = 0.8):
-        self.budget, self.threshold = budget_seconds, threshold
-        self.idle_starts = self.measurements = 0
-
-    def wait(self) -> None:
-        """Sample the CPUs until they are idle, or at most 20 s, or until the budget is spent."""
-        self.measurements += 1
-        start = time.monotonic()
-        while True:
-            idle = cpu_idle_fraction(0.5)
-            if idle is None:
-                return
-            if idle >= self.threshold:
-                self.idle_starts += 1
-                break
-            if time.monotonic() - start >= min(self.budget, 20.0):
-                break
-        self.budget = max(0.0, self.budget - (time.monotonic() - start))
 
 
 def measure_all(kinds: list[str], lengths: list[int], batch: int) -> tuple[dict, dict]:
@@ -349,17 +309,6 @@ def print_kernel_checks(batch: int, length: int, matmul: float) -> None:
 
 def format_range(values: list[float], unit: float, spec: str) -> str:
     return f"{min(values) / unit:{spec}} to {max(values) / unit:{spec}}"
-
-
-def cpu_description() -> str:
-    try:
-        lines = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (lscpu failed)"
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
 
 
 def main(argv):

@@ -194,7 +194,14 @@ def test_odd_rope_dim(tiny_config, kind, field):
 
 
 @pytest.mark.parametrize(
-    "field,value", [("dtype", "float16"), ("cache_dtype", "int8"), ("mla_decode", "fast")]
+    "field,value",
+    [
+        ("dtype", "float16"),
+        ("cache_dtype", "int8"),
+        ("mla_decode", "fast"),
+        ("attention_impl", "flash"),
+        ("remat", "some"),
+    ],
 )
 def test_unsupported_choice(tiny_config, field, value):
     message = model_error(tiny_config, **{field: value})

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mla_jax.config import RopeScaling
+from mla_jax.model import matmul
 
 INIT_STD = 0.02
 
@@ -35,9 +36,9 @@ def ones_param(shape: Sequence[int], axes: Sequence[str]) -> nnx.Param:
 
 
 def einsum(equation: str, x: jax.Array, w: jax.Array | nnx.Param, dtype: jnp.dtype) -> jax.Array:
-    """Einsum with both operands cast to the compute dtype."""
+    """Einsum of operands cast to the compute dtype; float32 sums and output (see `matmul`)."""
     w = w[...] if isinstance(w, nnx.Variable) else w
-    return jnp.einsum(equation, x.astype(dtype), w.astype(dtype))
+    return matmul.einsum(equation, x, w, dtype)
 
 
 def output_projection(x: jax.Array, w_o: nnx.Param, dtype: jnp.dtype) -> jax.Array:

@@ -1,6 +1,8 @@
 """The decoder-only transformer: embedding, pre-norm blocks, final norm, output projection.
 
-Blocks are a Python list, unrolled at trace time. `forward_cached` is the same computation over
+Blocks are a Python list, unrolled at trace time. With `cfg.remat` other than none, each
+block's forward is wrapped in `nnx.remat` with the matching `jax.checkpoint` policy, so the
+backward pass recomputes what the policy does not keep. `forward_cached` is the same computation over
 a KV cache, for decoding; `mla_jax.decoding` drives it. The output covers the padded vocabulary
 (a multiple of 128, so it shards on any mesh); logits of the padding ids are set to a large
 negative value, so a softmax over them sees only the real vocabulary.
@@ -24,6 +26,12 @@ from mla_jax.sharding import constrain
 # keep activations split by batch (see mla_jax.sharding), elsewhere they change nothing.
 RESIDUAL_AXES = ("activation_batch", "activation_length", "activation_embed")
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
+# config.model.remat -> what jax.checkpoint keeps for the backward pass (None: only the inputs).
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Block(nnx.Module):
@@ -67,8 +75,9 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = constrain(self.embedding(tokens, jnp.dtype(self.cfg.dtype)), RESIDUAL_AXES)
+        apply_block = _block_forward(self.cfg.remat)
         for block in self.blocks:
-            x = constrain(block(x, positions), RESIDUAL_AXES)
+            x = constrain(apply_block(block, x, positions), RESIDUAL_AXES)
         return self.output_logits(x)
 
     def forward_cached(self, tokens: jax.Array, positions: jax.Array, caches: tuple[dict, ...]):
@@ -95,6 +104,17 @@ class Transformer(nnx.Module):
             logits = einsum("BTD,DV->BTV", x, self.w_out, dtype)
         is_real = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
         return constrain(jnp.where(is_real, logits.astype(jnp.float32), MASK_VALUE), LOGITS_AXES)
+
+
+def _apply_block(block: Block, x: jax.Array, positions: jax.Array) -> jax.Array:
+    return block(x, positions)
+
+
+def _block_forward(remat: str):
+    """Return fn(block, x, positions) that runs the block under the remat policy `remat`."""
+    if remat == "none":
+        return _apply_block
+    return nnx.remat(_apply_block, policy=REMAT_POLICIES[remat])
 
 
 def count_params(model: nnx.Module) -> int:

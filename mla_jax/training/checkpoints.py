@@ -114,7 +114,16 @@ def restore(
 
 def _check_model_config(saved: dict, model_cfg: ModelConfig, directory, step: int) -> None:
     # Fields that change no parameter shape and may differ between training and evaluation.
-    free = {"dtype", "cache_dtype", "mla_decode", "max_seq_len", "rope_theta", "norm_eps"}
+    free = {
+        "dtype",
+        "cache_dtype",
+        "mla_decode",
+        "max_seq_len",
+        "rope_theta",
+        "norm_eps",
+        "attention_impl",
+        "remat",
+    }
     # Compared as JSON stores them (tuples as lists). A field that the checkpoint predates
     # counts as its default.
     current = json.loads(json.dumps(dataclasses.asdict(model_cfg)))

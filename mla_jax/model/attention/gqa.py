@@ -19,7 +19,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mla_jax.config import ModelConfig
-from mla_jax.model.attention.base import causal_mask, masked_softmax
+from mla_jax.model.attention.base import (
+    causal_mask,
+    fused_causal_attention,
+    masked_softmax,
+    resolve_attention_impl,
+)
 from mla_jax.model.layers import apply_rope, einsum, make_param, output_projection
 
 
@@ -37,6 +42,7 @@ class GroupedQueryAttention(nnx.Module):
         self.scale = 1.0 / math.sqrt(h)
         self.rope_theta = cfg.rope_theta
         self.dtype = jnp.dtype(cfg.dtype)
+        self.attention_impl = resolve_attention_impl(cfg.attention_impl, cfg.dtype)
 
     def cache_spec(self, batch: int, max_len: int, dtype) -> dict[str, jax.ShapeDtypeStruct]:
         shape = (batch, self.num_kv_heads, max_len, self.head_dim)
@@ -58,8 +64,14 @@ class GroupedQueryAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Causal attention over x itself."""
-        kv = self.project_kv(x, positions)
-        return self.attend(self.project_query(x, positions), kv, causal_mask(positions, positions))
+        kv, query = self.project_kv(x, positions), self.project_query(x, positions)
+        if self.attention_impl == "einsum":
+            return self.attend(query, kv, causal_mask(positions, positions))
+        key, value = kv["key"].transpose(0, 2, 1, 3), kv["value"].transpose(0, 2, 1, 3)  # BSKH
+        out = fused_causal_attention(
+            query, key, value, positions, self.scale, self.attention_impl, self.dtype
+        )
+        return output_projection(out.reshape(out.shape[:2] + (-1,)), self.w_o, self.dtype)
 
     def attend(self, query: jax.Array, kv: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
         """Attend with query [B, T, N, H] over kv [B, K, S, H]; mask is bool [B, T, S]."""
@@ -69,9 +81,9 @@ class GroupedQueryAttention(nnx.Module):
         if t == 1 and self.groups > 1:
             out = self._attend_one_position(query, key, value, mask)
         else:
-            scores = jnp.einsum("BKTGH,BKSH->BKTGS", query, key) * self.scale
-            probs = masked_softmax(scores, mask[:, None, :, None, :]).astype(self.dtype)
-            out = jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)
+            scores = einsum("BKTGH,BKSH->BKTGS", query, key, self.dtype) * self.scale
+            probs = masked_softmax(scores, mask[:, None, :, None, :])
+            out = einsum("BKTGS,BKSH->BKTGH", probs, value, self.dtype)
         out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, n * h)
         return output_projection(out, self.w_o, self.dtype)
 
@@ -83,7 +95,7 @@ class GroupedQueryAttention(nnx.Module):
         steps measured slower too. The scores are then transposed (B K G S numbers, small) so
         the softmax reduces the contiguous last axis.
         """
-        scores = jnp.einsum("BKSH,BKTGH->BKSTG", key, query) * self.scale
+        scores = einsum("BKSH,BKTGH->BKSTG", key, query, self.dtype) * self.scale
         scores = scores.transpose(0, 1, 3, 4, 2)  # BKTGS
-        probs = masked_softmax(scores, mask[:, None, :, None, :]).astype(self.dtype)
-        return jnp.einsum("BKTGS,BKSH->BKTGH", probs, value)
+        probs = masked_softmax(scores, mask[:, None, :, None, :])
+        return einsum("BKTGS,BKSH->BKTGH", probs, value, self.dtype)

@@ -34,7 +34,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mla_jax.config import ModelConfig, mla_rope_keys
-from mla_jax.model.attention.base import causal_mask, masked_softmax
+from mla_jax.model.attention.base import (
+    causal_mask,
+    einsum_causal_attention,
+    fused_causal_attention,
+    masked_softmax,
+    resolve_attention_impl,
+)
 from mla_jax.model.layers import (
     RMSNorm,
     apply_rope,
@@ -85,6 +91,7 @@ class MultiHeadLatentAttention(nnx.Module):
             )
         self.mode = cfg.mla_decode
         self.dtype = jnp.dtype(cfg.dtype)
+        self.attention_impl = resolve_attention_impl(cfg.attention_impl, cfg.dtype)
 
     def cache_spec(self, batch: int, max_len: int, dtype) -> dict[str, jax.ShapeDtypeStruct]:
         if self.rope_per_kv_head:
@@ -134,10 +141,29 @@ class MultiHeadLatentAttention(nnx.Module):
         return q_nope, self._rotate(q_rope, positions)
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """Causal attention over x itself; naive mode, cheaper than absorbed when T is large."""
-        kv = self.project_kv(x, positions)
-        mask = causal_mask(positions, positions)
-        return self.attend(self.project_query(x, positions), kv, mask, mode="naive")
+        """Causal attention over x itself; naive mode, cheaper than absorbed when T is large.
+
+        Nope and RoPE dims enter the scores through one product: the shared RoPE key is
+        repeated for every head and appended to the up-projected keys, and q_rope to q_nope.
+        """
+        kv, (q_nope, q_rope) = self.project_kv(x, positions), self.project_query(x, positions)
+        key_nope = einsum("BSC,CNH->BSNH", kv["latent"], self.w_uk, self.dtype)
+        if self.rope_per_kv_head:  # [B, K, S, R] -> [B, S, N, R]: head n reads key n // G.
+            groups = q_rope.shape[2] // self.rope_keys
+            rope_key = jnp.repeat(kv["rope_key"].transpose(0, 2, 1, 3), groups, axis=2)
+        else:
+            rope_key = jnp.broadcast_to(kv["rope_key"][:, :, None], q_rope.shape)  # BSNR, S = T
+        key = jnp.concatenate([key_nope, rope_key.astype(key_nope.dtype)], axis=-1)
+        query = jnp.concatenate([q_nope, q_rope], axis=-1)
+        value = einsum("BSC,CNH->BSNH", kv["latent"], self.w_uv, self.dtype)
+        if self.attention_impl == "einsum":
+            mask = causal_mask(positions, positions)
+            out = einsum_causal_attention(query, key, value, mask, self.scale, self.dtype)
+        else:
+            out = fused_causal_attention(
+                query, key, value, positions, self.scale, self.attention_impl, self.dtype
+            )
+        return output_projection(out.reshape(out.shape[:2] + (-1,)), self.w_o, self.dtype)
 
     def attend(self, query, kv: dict[str, jax.Array], mask: jax.Array, mode: str | None = None):
         """Attend over kv [B, S, ...]; `mode` (naive or absorbed) overrides cfg.mla_decode."""
@@ -153,10 +179,10 @@ class MultiHeadLatentAttention(nnx.Module):
         """Up-project the latent to per-head keys and values, then attend: out [B, T, N, Hv]."""
         key = einsum("BSC,CNH->BSNH", latent, self.w_uk, self.dtype)
         value = einsum("BSC,CNH->BSNH", latent, self.w_uv, self.dtype)
-        scores = jnp.einsum("BTNH,BSNH->BNTS", q_nope, key)
+        scores = einsum("BTNH,BSNH->BNTS", q_nope, key, self.dtype)
         scores += self._rope_scores_naive(q_rope, rope_key)
-        probs = masked_softmax(scores * self.scale, mask[:, None]).astype(self.dtype)
-        return jnp.einsum("BNTS,BSNH->BTNH", probs, value)
+        probs = masked_softmax(scores * self.scale, mask[:, None])
+        return einsum("BNTS,BSNH->BTNH", probs, value, self.dtype)
 
     def _attend_absorbed(self, q_nope, q_rope, latent, rope_key, mask) -> jax.Array:
         """Attend in latent space: q_nope W_uk^T scores the latent directly, and the latent
@@ -167,11 +193,11 @@ class MultiHeadLatentAttention(nnx.Module):
         scores are transposed in between (B T N S numbers) so the softmax reduces the last axis.
         """
         q_latent = einsum("BTNH,CNH->BTNC", q_nope, self.w_uk, self.dtype)
-        scores = jnp.einsum("BSC,BTNC->BSTN", latent, q_latent)
+        scores = einsum("BSC,BTNC->BSTN", latent, q_latent, self.dtype)
         scores += self._rope_scores_absorbed(q_rope, rope_key)
         scores = scores.transpose(0, 2, 3, 1)  # BTNS
-        probs = masked_softmax(scores * self.scale, mask[:, :, None, :]).astype(self.dtype)
-        out_latent = jnp.einsum("BTNS,BSC->BTNC", probs, latent)
+        probs = masked_softmax(scores * self.scale, mask[:, :, None, :])
+        out_latent = einsum("BTNS,BSC->BTNC", probs, latent, self.dtype)
         return einsum("BTNC,CNH->BTNH", out_latent, self.w_uv, self.dtype)
 
     def _group_heads(self, q_rope: jax.Array) -> jax.Array:
@@ -182,15 +208,15 @@ class MultiHeadLatentAttention(nnx.Module):
     def _rope_scores_naive(self, q_rope: jax.Array, rope_key: jax.Array) -> jax.Array:
         """Compute the RoPE part of the scores, [B, N, T, S]."""
         if not self.rope_per_kv_head:
-            return jnp.einsum("BTNR,BSR->BNTS", q_rope, rope_key)
-        scores = jnp.einsum("BTKGR,BKSR->BKGTS", self._group_heads(q_rope), rope_key)
+            return einsum("BTNR,BSR->BNTS", q_rope, rope_key, self.dtype)
+        scores = einsum("BTKGR,BKSR->BKGTS", self._group_heads(q_rope), rope_key, self.dtype)
         b, k, g, t, s = scores.shape
         return scores.reshape(b, k * g, t, s)
 
     def _rope_scores_absorbed(self, q_rope: jax.Array, rope_key: jax.Array) -> jax.Array:
         """Compute the RoPE part of the scores, [B, S, T, N], with the cache as the left operand."""
         if not self.rope_per_kv_head:
-            return jnp.einsum("BSR,BTNR->BSTN", rope_key, q_rope)
-        scores = jnp.einsum("BKSR,BTKGR->BSTKG", rope_key, self._group_heads(q_rope))
+            return einsum("BSR,BTNR->BSTN", rope_key, q_rope, self.dtype)
+        scores = einsum("BKSR,BTKGR->BSTKG", rope_key, self._group_heads(q_rope), self.dtype)
         b, s, t, k, g = scores.shape
         return scores.reshape(b, s, t, k * g)
