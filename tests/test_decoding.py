@@ -24,9 +24,10 @@ from mla_jax.model import Transformer
 VOCAB = 258
 ATTENTION_STD = 0.2
 EMBEDDING_STD = 0.125  # 1/sqrt(d_model): logits of std 1
-# Max abs logit difference, float32 compute and cache. Measured: at most 4.2e-6, the same level
-# as the full forward pass against itself on a shorter prefix; larger weights raise both.
-F32_TOL = 1e-5
+# Max abs logit difference, float32 compute and cache. Measured: at most 1.0e-5 (MLA with RoPE
+# keys per KV head, naive decoding, against the full pass's single fused product), 4.2e-6 for
+# the other kinds: rounding of float32 sums taken in another order. Larger weights raise both.
+F32_TOL = 2e-5
 # Same with a bfloat16 cache (8 significant bits). Measured: at most 0.034, mean 0.003.
 BF16_TOL = 0.05
 
