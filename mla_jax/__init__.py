@@ -13,7 +13,13 @@ Shape alphabet, used in einsum strings and shape comments across the package:
   V  vocabulary (padded)          Q  MLA query latent dim (q_lora_rank)
   R  MLA decoupled RoPE dim (qk_rope_head_dim)
 
-Importing the package stays light: submodules are imported where they are used.
+Importing the package stays light: submodules are imported where they are used. It adds this
+project's default XLA options to XLA_FLAGS (`mla_jax.xla_flags`), which take effect when JAX
+creates its backend afterwards.
 """
 
+from mla_jax.xla_flags import add_default_xla_flags
+
 __version__ = "0.1.0"
+
+add_default_xla_flags()
