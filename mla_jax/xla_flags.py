@@ -3,7 +3,7 @@
 `--xla_cpu_experimental_ynn_fusion_type=individual_dot` lets XLA on CPU (jaxlib 0.10.2) hand
 each matrix product to YNNPACK on its own. By default YNNPACK also fuses reductions, and then
 the softmax sums of attention share fusions with the score products. Those fusions ran at
-16 to 90 GFLOP/s against 440 for a plain float32 product, and a train step of
+15 to 90 GFLOP/s against 440 for a plain float32 product, and a train step of
 configs/bench_train.py:mha took 5.4 s instead of 3.5 s (scripts/bench_train.py, 2-core AMD
 EPYC, docs/benchmarks.md). bfloat16 products stay native bfloat16 with the option.
 """
