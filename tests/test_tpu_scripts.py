@@ -269,11 +269,15 @@ def wait_until(condition, seconds: float) -> bool:
     return condition()
 
 
-def training_runs() -> bool:
-    pattern = "^[.]venv/bin/python train[.]py"
+def worker_runs(script: str) -> bool:
+    pattern = f"^[.]venv/bin/python {script}"
     return (
         subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True).returncode == 0
     )
+
+
+def training_runs() -> bool:
+    return worker_runs("train[.]py")
 
 
 def test_launch_and_fetch_on_fake_worker(tmp_path, fake_gcloud):
@@ -296,6 +300,8 @@ def test_launch_and_fetch_on_fake_worker(tmp_path, fake_gcloud):
     again = run_script("launch.sh", ["--offline"] + overrides, fake_gcloud, **settings)
     workdir = project / "runs" / "my-tpu"
     wait_until((workdir / "eval.json").exists, seconds=300)
+    # eval.py logs the results after writing eval.json: wait for it to exit.
+    wait_until(lambda: not worker_runs("eval[.]py"), seconds=60)
     log = (workdir / "run.log").read_text()
     assert (workdir / "eval.json").exists(), log
     assert again.returncode != 0
