@@ -30,6 +30,23 @@ def load_config_module(path):
     return module
 
 
+class CompileCounter:
+    """Counts XLA compilations while active, through jax.monitoring."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._record)
+
+    def _record(self, event: str, duration: float, **kwargs):
+        self.count += event == self.EVENT
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """Return get_config(kind) of configs/tiny.py."""

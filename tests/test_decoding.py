@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CompileCounter
 from flax import nnx
 
 from mla_jax import decoding
@@ -237,23 +238,6 @@ GENERATE_CACHE_LEN = 32
 def generate(kind: str, prompts, **kwargs) -> decoding.Generation:
     kwargs.setdefault("cache_len", GENERATE_CACHE_LEN)
     return decoding.generate(model_for(kind), prompts, NEW_TOKENS, **kwargs)
-
-
-class CompileCounter:
-    """Counts XLA compilations while active, through jax.monitoring."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __enter__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._record)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._record)
-
-    def _record(self, event: str, duration: float, **kwargs):
-        self.count += event == self.EVENT
 
 
 @pytest.mark.parametrize("kind", ["gqa", "mla_absorbed"])

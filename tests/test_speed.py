@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CompileCounter
 
 from mla_jax import data
 from mla_jax.config import model_config_from
@@ -23,23 +24,6 @@ from mla_jax.training.state import (
     model_graphdef,
     train_step_for,
 )
-
-
-class CompileCounter:
-    """Counts XLA compilations while active, through jax.monitoring."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __enter__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._record)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._record)
-
-    def _record(self, event: str, duration: float, **kwargs):
-        self.count += event == self.EVENT
 
 
 def train_batches(config, steps):

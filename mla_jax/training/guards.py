@@ -2,7 +2,7 @@
 
 The train step computes `finite` on the device. The loop hands each step's flag to the guard
 without waiting for it, and the guard fetches the flags when the host waits anyway: before a
-checkpoint is written, when metrics are logged, and at the end. So a checkpoint never holds
+checkpoint is written, when metrics are logged, and at the end. So a checkpoint never contains
 parameters updated by a non-finite step, and the last good one stays the latest.
 """
 
